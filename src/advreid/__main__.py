@@ -1,0 +1,5 @@
+import sys
+
+from advreid.cli import main
+
+sys.exit(main())

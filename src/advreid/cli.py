@@ -1,0 +1,40 @@
+"""The ``advreid`` command: one subcommand per pipeline stage, plus audit and where.
+
+Each subcommand is a module with ``main(argv) -> int``; modules are imported only when their subcommand
+runs, so ``advreid --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module with main(argv), one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo-data": ("advreid.stages.demo_data", "generate the synthetic two-domain Re-ID demo and the digits raw file"),
+    "ingest": ("advreid.stages.ingest", "read one dataset from its on-disk layout into validated parquet manifests"),
+    "audit": ("advreid.tracking.audit", "verify the lineage of an output path or MLflow run against what is on disk"),
+    "where": ("advreid.stages.where", "print where results, plots and the MLflow database are, and how to browse them"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="advreid", description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=sorted(COMMANDS), metavar="command", help=_commands_help())
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the command (see advreid COMMAND -h)")
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0 if argv else 2
+    ns = parser.parse_args(argv[:1])
+    module = importlib.import_module(COMMANDS[ns.command][0])
+    return int(module.main(argv[1:]) or 0)
+
+
+def _commands_help() -> str:
+    return "; ".join(f"{name}: {text}" for name, (_, text) in sorted(COMMANDS.items()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

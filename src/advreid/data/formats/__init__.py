@@ -1,0 +1,1 @@
+"""Readers for the thesis datasets in their real on-disk layouts."""

@@ -1,0 +1,37 @@
+"""What every dataset reader returns, and the error it raises on bad input."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+
+class DatasetFormatError(ValueError):
+    """A dataset on disk does not match its documented layout; the message names the file and problem."""
+
+
+@dataclass
+class RawDataset:
+    """A dataset read from disk, before it becomes parquet manifests.
+
+    Attributes:
+        name: dataset name (the registry key), written to the ``dataset`` column.
+        kind: ``"reid"`` or ``"classification"``; decides which validation suite applies.
+        frames: split name -> one row per image with the manifest core columns (and extras).
+        arrays: array file name (e.g. ``"train.npy"``) -> uint8 images N x H x W x C, for array formats.
+        image_size: (height, width) every image must have, or None where sizes vary (Re-ID crops).
+        num_classes: number of classes for classification datasets (for the class-balance check).
+    """
+
+    name: str
+    kind: str
+    frames: dict[str, pd.DataFrame]
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    image_size: tuple[int, int] | None = None
+    num_classes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("reid", "classification"):
+            raise ValueError(f"RawDataset {self.name}: kind must be 'reid' or 'classification', not {self.kind!r}")

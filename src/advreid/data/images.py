@@ -1,0 +1,46 @@
+"""The one image loader. Errors name the file and what is wrong with it."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+
+class ImageReadError(OSError):
+    """An image file cannot be decoded (truncated, not an image, unreadable)."""
+
+
+def decode_image(data: bytes, source: str | os.PathLike = "<bytes>") -> np.ndarray:
+    """Decode encoded image bytes fully to an H x W x 3 uint8 RGB array."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()  # a truncated file raises here, not at open()
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ImageReadError(f"{source}: cannot decode image ({err})") from err
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file to an H x W x 3 uint8 RGB array."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ImageReadError(f"{path}: cannot read file ({err.strerror or err})") from err
+    return decode_image(data, path)
+
+
+def describe_image(path: str | os.PathLike) -> tuple[str, int, int]:
+    """Return (sha256 of the file bytes, width, height), decoding the whole image to catch truncation."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ImageReadError(f"{path}: cannot read file ({err.strerror or err})") from err
+    pixels = decode_image(data, path)
+    return hashlib.sha256(data).hexdigest(), int(pixels.shape[1]), int(pixels.shape[0])

@@ -1,0 +1,78 @@
+"""Reading ``params.yaml`` sections into small frozen dataclasses, with errors that name the key."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ParamsError(ValueError):
+    """A params section is missing, has an unknown key, or a value of the wrong type."""
+
+
+def load_params(section: str | None = None, path: str | os.PathLike = "params.yaml") -> dict[str, Any]:
+    """Return the whole params file, or one top-level section of it (dots select nested sections)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found (run from the project root)")
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if section is None:
+        return data
+    node: Any = data
+    for part in section.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise ParamsError(f"{path}: section '{section}' not found (missing key '{part}')")
+        node = node[part]
+    return node
+
+
+def build(cls: type[T], values: dict[str, Any], where: str) -> T:
+    """Construct dataclass ``cls`` from ``values``; unknown or missing keys raise ParamsError naming them."""
+    if not isinstance(values, dict):
+        raise ParamsError(f"{where}: expected a mapping, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ParamsError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in values.items():
+        kwargs[name] = _coerce(value, hints[name], f"{where}.{name}")
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ParamsError(f"{where}: {err}") from err
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, where)
+            except ParamsError as err:
+                errors.append(str(err))
+        raise ParamsError(errors[0])
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ParamsError(f"{where}: expected a list, got {value!r}")
+        item = args[0] if args else Any
+        return tuple(_coerce(v, item, where) for v in value)
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
+        raise ParamsError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value

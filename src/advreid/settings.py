@@ -1,0 +1,46 @@
+"""Project-local locations and quiet, telemetry-free defaults for every tool.
+
+Caches, the MLflow database and Prefect's home live inside the project directory, never in the user's
+home. Values already set in the environment win, so pointing at servers is configuration only.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+QUIET_DEFAULTS = {
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "GX_ANALYTICS_ENABLED": "False",
+    "DVC_NO_ANALYTICS": "1",
+    "GLOG_minloglevel": "2",
+    "TF_CPP_MIN_LOG_LEVEL": "3",
+}
+
+
+def project_root() -> Path:
+    """The project directory: ``DVC_ROOT`` when DVC runs a stage, else the nearest parent with dvc.yaml."""
+    if root := os.environ.get("ADVREID_ROOT") or os.environ.get("DVC_ROOT"):
+        return Path(root).resolve()
+    here = Path.cwd().resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "dvc.yaml").is_file() or (candidate / ".dvc").is_dir():
+            return candidate
+    return here
+
+
+def apply_environment(root: Path | None = None) -> Path:
+    """Set project-local homes and quiet defaults (without overriding what the user set); return the root."""
+    root = (root or project_root()).resolve()
+    for key, value in QUIET_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
+    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    os.environ.setdefault("DVC_SITE_CACHE_DIR", str(root / ".dvc" / "tmp" / "site-cache"))
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    return root
