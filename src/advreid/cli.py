@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from advreid.settings import apply_environment
+
 # subcommand -> (module with main(argv), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo-data": ("advreid.stages.demo_data", "generate the synthetic two-domain Re-ID demo and the digits raw file"),
@@ -28,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if argv else 2
     ns = parser.parse_args(argv[:1])
+    apply_environment()  # project-local MLflow/Prefect/DVC homes, telemetry off
     module = importlib.import_module(COMMANDS[ns.command][0])
     return int(module.main(argv[1:]) or 0)
 
