@@ -7,6 +7,7 @@ home. Values already set in the environment win, so pointing at servers is confi
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 QUIET_DEFAULTS = {
@@ -34,11 +35,23 @@ def project_root() -> Path:
     return here
 
 
-def apply_environment(root: Path | None = None) -> Path:
-    """Set project-local homes and quiet defaults (without overriding what the user set); return the root."""
-    root = (root or project_root()).resolve()
+def quiet_tools() -> None:
+    """Quiet, telemetry-free defaults; call before importing Prefect, which reads its settings at import."""
     for key, value in QUIET_DEFAULTS.items():
         os.environ.setdefault(key, value)
+
+
+def apply_environment(root: Path | None = None) -> Path:
+    """Set project-local homes and quiet defaults (without overriding what the user set); return the root.
+
+    Also puts this interpreter's ``bin`` directory first on ``PATH`` so that ``dvc repro`` started from here
+    finds the ``advreid`` command of the same environment even when the venv is not activated.
+    """
+    root = (root or project_root()).resolve()
+    quiet_tools()
+    bindir = str(Path(sys.executable).parent)
+    if os.environ.get("PATH", "").split(os.pathsep)[0] != bindir:
+        os.environ["PATH"] = os.pathsep.join([bindir, os.environ.get("PATH", "")])
     os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
     os.environ.setdefault("DVC_SITE_CACHE_DIR", str(root / ".dvc" / "tmp" / "site-cache"))

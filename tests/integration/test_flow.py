@@ -1,0 +1,299 @@
+"""The Prefect flow around `dvc repro`, and the prefect.yaml deployments with the Kubernetes GPU template."""
+
+from __future__ import annotations
+
+import copy
+import importlib.resources
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from flows import pipeline as pipeline_module
+
+from advreid.io import md5_file
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ROOT / "flows" / "k8s-gpu-base-job-template.json"
+PYTHON = shlex.quote(sys.executable)
+
+# Stage scripts of the tiny DVC project: a -> b, c independent. b logs a stage run through the project's
+# tracking helper and writes a metrics file (numbers, a nested number, and a bool and a string that are
+# not metrics).
+STAGE_SCRIPTS = {
+    "a.py": "from pathlib import Path\nPath('a.txt').write_text('alpha\\n')\n",
+    "b.py": (
+        "import json\n"
+        "from pathlib import Path\n"
+        "from advreid.tracking.mlflow_run import stage_run\n"
+        "with stage_run(None, {'factor': 2}, root=Path.cwd()) as run:\n"
+        "    Path('b.txt').write_text(Path('a.txt').read_text() + 'beta\\n')\n"
+        "    metrics = {'score': 2.5, 'cmc': {'rank1': 0.75}, 'converged': True, 'note': 'x'}\n"
+        "    Path('metrics.json').write_text(json.dumps(metrics))\n"
+        "    run.log_metrics({'score': 2.5})\n"
+    ),
+    "c.py": "from pathlib import Path\nPath('c.txt').write_text('gamma\\n')\n",
+    "bad.py": (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "with open('attempts.log', 'a') as f:\n"
+        "    f.write('attempt\\n')\n"
+        "print('boom: custom failure 42', file=sys.stderr)\n"
+        "sys.exit(3)\n"
+    ),
+}
+
+
+def _stage(script: str, deps: list[str], outs: list[str], metrics: list[str] | None = None) -> dict:
+    stage: dict = {"cmd": f"{PYTHON} {script}", "deps": [script, *deps], "outs": outs}
+    if metrics:
+        stage["metrics"] = [{m: {"cache": False}} for m in metrics]
+    return stage
+
+
+def make_project(path: Path, stages: dict[str, dict]) -> Path:
+    """A DVC project without git in ``path`` with the given ``dvc.yaml`` stages."""
+    from dvc.repo import Repo
+
+    path.mkdir(parents=True, exist_ok=True)
+    Repo.init(os.fspath(path), no_scm=True).close()
+    for name, text in STAGE_SCRIPTS.items():
+        (path / name).write_text(text)
+    (path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point MLflow and DVC's site cache into tmp_path; return the tracking URI."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("DVC_SITE_CACHE_DIR", str(tmp_path / "dvc-site-cache"))
+    monkeypatch.setenv("DVC_NO_ANALYTICS", "1")
+    monkeypatch.delenv("ADVREID_MLFLOW_PARENT_RUN_ID", raising=False)
+    monkeypatch.delenv("ADVREID_ROOT", raising=False)
+    return uri
+
+
+def _mtimes(project: Path, names: list[str]) -> dict[str, int]:
+    return {name: (project / name).stat().st_mtime_ns for name in names}
+
+
+# --- planning -----------------------------------------------------------------------------------------
+
+
+def test_plan_follows_dvc_graph_and_targets(tmp_path: Path, isolated_env: str) -> None:
+    stages = {
+        "b": _stage("b.py", ["a.txt"], ["b.txt"]),
+        "a": _stage("a.py", [], ["a.txt"]),
+        "c": _stage("c.py", [], ["c.txt"]),
+        "d": {
+            "foreach": ["x", "y"],
+            "do": {"cmd": "echo ${item}", "deps": ["a.txt"], "outs": ["d_${item}.txt"]},  # planned, never run
+        },
+    }
+    project = make_project(tmp_path / "proj", stages)
+
+    plan = pipeline_module.plan_stages(project)
+    assert sorted(plan) == ["a", "b", "c", "d@x", "d@y"]
+    for dependent in ("b", "d@x", "d@y"):  # every stage after the stage producing its dep
+        assert plan.index("a") < plan.index(dependent)
+
+    assert pipeline_module.plan_stages(project, ["b"]) == ["a", "b"]
+    assert pipeline_module.plan_stages(project, ["d@y"]) == ["a", "d@y"]
+    assert pipeline_module.plan_stages(project, ["c"]) == ["c"]
+    from dvc.stage.exceptions import StageNotFound
+
+    with pytest.raises(StageNotFound, match="nope"):
+        pipeline_module.plan_stages(project, ["nope"])
+
+
+# --- the flow ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_flow_runs_stages_once_and_tracks_them(tmp_path: Path, isolated_env: str, prefect_api: str) -> None:
+    from mlflow import MlflowClient
+    from mlflow.artifacts import download_artifacts
+
+    stages = {
+        "a": _stage("a.py", [], ["a.txt"]),
+        "b": _stage("b.py", ["a.txt"], ["b.txt"], metrics=["metrics.json"]),
+        "c": _stage("c.py", [], ["c.txt"]),
+    }
+    project = make_project(tmp_path / "proj", stages)
+
+    first = pipeline_module.pipeline(project_dir=str(project))
+    names = [r["stage"] for r in first["stages"]]
+    assert sorted(names) == ["a", "b", "c"]
+    assert names.index("a") < names.index("b")
+    assert [r["status"] for r in first["stages"]] == ["ran"] * 3
+    assert all(r["seconds"] > 0 for r in first["stages"])
+    assert (project / "b.txt").read_text() == "alpha\nbeta\n"
+    # Numbers only, nested keys joined with "."; the bool and the string are not metrics.
+    assert first["metrics"] == {"score": 2.5, "cmc.rank1": 0.75}
+    for name in names:
+        assert any(line.split()[:2] == [name, "ran"] for line in first["summary"].splitlines())
+    outputs = ["a.txt", "b.txt", "c.txt", "metrics.json", "dvc.lock"]
+    before = _mtimes(project, outputs)
+
+    second = pipeline_module.pipeline(project_dir=str(project))
+    assert [r["stage"] for r in second["stages"]] == names
+    assert [r["status"] for r in second["stages"]] == ["up-to-date"] * 3
+    assert _mtimes(project, outputs) == before  # nothing re-ran, not even dvc.lock was rewritten
+    assert second["metrics"] == first["metrics"]
+
+    client = MlflowClient(tracking_uri=isolated_env)
+    parent = client.get_run(first["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics == {"score": 2.5, "cmc.rank1": 0.75}
+    locked = download_artifacts(
+        run_id=parent.info.run_id,
+        artifact_path="lineage/dvc.lock",
+        dst_path=str(tmp_path / "dl"),
+        tracking_uri=isolated_env,
+    )
+    assert Path(locked).read_bytes() == (project / "dvc.lock").read_bytes()
+
+    experiment = parent.info.experiment_id
+    children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert [c.data.tags["advreid.stage"] for c in children] == ["b"]  # only b logs a stage run
+    # log_parent_lock tagged the stage run with the md5 that dvc.lock records, i.e. the file's md5.
+    assert children[0].data.tags["advreid.out.b.txt.md5"] == md5_file(project / "b.txt")
+
+    second_parent = client.get_run(second["parent_run_id"])
+    assert second_parent.info.status == "FINISHED"
+    assert client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{second_parent.info.run_id}'") == []
+
+
+@pytest.mark.slow
+def test_failing_stage_fails_flow_with_stderr_after_retries(
+    tmp_path: Path, isolated_env: str, prefect_api: str, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    from mlflow import MlflowClient
+
+    project = make_project(tmp_path / "proj", {"bad": _stage("bad.py", [], ["never.txt"])})
+    # One retry without delay keeps the test quick; the count of attempts proves the retry happened.
+    monkeypatch.setattr(
+        pipeline_module, "run_stage", pipeline_module.run_stage.with_options(retries=1, retry_delay_seconds=0)
+    )
+
+    with pytest.raises(pipeline_module.StageFailed, match="boom: custom failure 42") as info:
+        pipeline_module.pipeline(project_dir=str(project))
+    assert "'bad'" in str(info.value) and "exited with 3" in str(info.value)  # DVC names the stage's exit code
+    assert (project / "attempts.log").read_text().splitlines() == ["attempt", "attempt"]
+    assert not (project / "dvc.lock").exists()
+
+    summary = [line.split()[:2] for line in capsys.readouterr().out.splitlines()]
+    assert ["bad", "failed"] in summary
+
+    client = MlflowClient(tracking_uri=isolated_env)
+    (parent,) = client.search_runs([client.get_experiment_by_name("advreid").experiment_id])
+    assert parent.info.status == "FAILED"
+    assert parent.data.params == {"targets": "all", "force": "False"}
+
+
+# --- Kubernetes GPU base job template -------------------------------------------------------------
+
+
+def _prefect_default_kubernetes_template() -> dict:
+    """The default base job template of prefect-kubernetes, as Prefect's server ships it."""
+    views = importlib.resources.files("prefect.server.api") / "collections_data/views"
+    metadata = json.loads((views / "aggregate-worker-metadata.json").read_text())
+    return metadata["prefect-kubernetes"]["kubernetes"]["default_base_job_configuration"]
+
+
+def _assert_extends(ours: object, base: object, where: str = "template") -> None:
+    """``ours`` keeps every key and value of ``base`` (it may add keys to mappings)."""
+    if isinstance(base, dict):
+        assert isinstance(ours, dict), f"{where} is not a mapping"
+        for key, value in base.items():
+            assert key in ours, f"{where}.{key} of the default template is missing"
+            _assert_extends(ours[key], value, f"{where}.{key}")
+    elif isinstance(base, list):
+        assert isinstance(ours, list) and len(ours) == len(base), f"{where} differs in length"
+        for i, (mine, theirs) in enumerate(zip(ours, base, strict=True)):
+            _assert_extends(mine, theirs, f"{where}[{i}]")
+    else:
+        assert ours == base, f"{where}: {ours!r} != default {base!r}"
+
+
+def test_gpu_template_extends_default_and_references_gpu_count() -> None:
+    from prefect.server.schemas.actions import validate_base_job_template
+    from prefect.utilities.templating import apply_values
+
+    template = json.loads(TEMPLATE.read_text())
+    _assert_extends(template, _prefect_default_kubernetes_template())
+
+    container = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "{{ gpu_count }}"
+    gpu_count = template["variables"]["properties"]["gpu_count"]
+    assert gpu_count["type"] == "integer" and gpu_count["default"] == 1
+
+    # Prefect's own check that every placeholder is a declared variable: passes, and fails without gpu_count.
+    validate_base_job_template(template)
+    undeclared = copy.deepcopy(template)
+    del undeclared["variables"]["properties"]["gpu_count"]
+    with pytest.raises(ValueError, match="gpu_count"):
+        validate_base_job_template(undeclared)
+
+    # Rendered the way a worker renders it: the limit gets the number, unset placeholders disappear.
+    manifest = apply_values(template["job_configuration"]["job_manifest"], {"gpu_count": 2, "image": "img:1"})
+    rendered = manifest["spec"]["template"]["spec"]["containers"][0]
+    assert rendered["resources"]["limits"] == {"nvidia.com/gpu": 2}
+    assert rendered["image"] == "img:1"
+
+
+# --- prefect.yaml deployments ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_prefect_yaml_deploys_offline(tmp_path: Path, prefect_api: str) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    # The pools, as `prefect work-pool create` (documented in prefect.yaml) makes them; the server
+    # validates the base job template.
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name="advreid-process", type="process"))
+        template = json.loads(TEMPLATE.read_text())
+        client.create_work_pool(WorkPoolCreate(name="advreid-k8s-gpu", type="kubernetes", base_job_template=template))
+
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": prefect_api,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        "ADVREID_ROOT": str(ROOT),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, f"prefect deploy --all failed:\n{proc.stdout}\n{proc.stderr}"
+
+    with get_client(sync_client=True) as client:
+        nightly = client.read_deployment_by_name("advreid-pipeline/advreid-nightly")
+        gpu = client.read_deployment_by_name("advreid-pipeline/advreid-gpu")
+
+    assert nightly.entrypoint == gpu.entrypoint == "flows/pipeline.py:pipeline"
+    assert set(nightly.parameter_openapi_schema["properties"]) == {"project_dir", "targets", "force"}
+    assert nightly.work_pool_name == "advreid-process"
+    (schedule,) = nightly.schedules
+    assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 2 * * *", "UTC")
+    # {{ $ADVREID_ROOT }} was filled from the environment of `prefect deploy`.
+    assert nightly.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]
+
+    assert gpu.work_pool_name == "advreid-k8s-gpu"
+    assert gpu.schedules == []
+    assert gpu.job_variables["gpu_count"] == 1
+    assert gpu.job_variables["namespace"] == "advreid" and gpu.job_variables["image"]
+    assert gpu.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": "/opt/advreid"}}]
