@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 
 from advreid.settings import apply_environment
 
@@ -13,18 +12,18 @@ def main(argv: list[str] | None = None) -> int:
     argparse.ArgumentParser(prog="advreid where", description=__doc__).parse_args(argv)
     root = apply_environment()
     uri = os.environ["MLFLOW_TRACKING_URI"]
-    plots = sorted(p.relative_to(root) for p in (root / "reports").rglob("*.png")) if (root / "reports").is_dir() else []
-    metrics = sorted((root / "reports" / "metrics").rglob("*.json")) if (root / "reports").is_dir() else []
+    plots = list((root / "reports").rglob("*.png"))
+    metrics = list((root / "reports" / "metrics").rglob("*.json"))
     lines = [
         "",
         "Results of the pipeline",
         f"  project        {root}",
         f"  metrics        {root / 'reports' / 'metrics'}  ({len(metrics)} files)   ->  dvc metrics show",
-        f"  plots          {root / 'reports'}  ({len(plots)} images)   ->  dvc plots show  (writes dvc_plots/index.html)",
+        f"  plots          {root / 'reports'}  ({len(plots)} images)  ->  dvc plots show (dvc_plots/index.html)",
         f"  validation     {root / 'reports' / 'validation'}",
         f"  models         {root / 'models'}",
         f"  MLflow         {uri}   ->  .venv/bin/mlflow ui --backend-store-uri {uri}",
-        f"  lineage        .venv/bin/advreid audit <output path | MLflow run id>",
+        "  lineage        .venv/bin/advreid audit <output path | MLflow run id>",
         f"  Prefect home   {os.environ['PREFECT_HOME']}",
         "",
     ]
