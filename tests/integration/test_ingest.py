@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -84,7 +83,12 @@ def test_array_datasets_store_pixels_once_and_rows_point_into_them(tmp_path):
 def test_ingest_stage_writes_manifests_reports_and_metrics(project):
     assert ingest.main(["good"]) == 0
     out = project / "data" / "processed" / "good"
-    assert sorted(p.name for p in out.iterdir()) == ["dataset.json", "gallery.parquet", "query.parquet", "train.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "dataset.json",
+        "gallery.parquet",
+        "query.parquet",
+        "train.parquet",
+    ]
     report = json.loads((project / "reports" / "validation" / "good.json").read_text())
     assert report["success"] is True
     metrics = json.loads((project / "reports" / "metrics" / "ingest" / "good.json").read_text())
