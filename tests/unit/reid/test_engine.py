@@ -1,0 +1,237 @@
+"""Training engine: schedules by hand, learning on a separable set, subclassing, bit-exact checkpoint resume."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from advreid.data.torch_data import PKSampler
+from advreid.models.reid import build_reid_model
+from advreid.reid.engine import (
+    ReIDEngine,
+    build_scheduler,
+    load_checkpoint,
+    seed_everything,
+    train,
+)
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny tensors: on a shared 2-core machine intra-op threads cost far more in contention than they gain
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+class TwoTone(Dataset):
+    """6 identities: the ordered pairs of distinct colours (top half, bottom half) of a 32 x 16 image, plus noise.
+
+    Swapped pairs share their mean colour, so identities differ only in layout. ``augment`` adds random noise and
+    flips drawn from torch's and NumPy's global generators, which checkpoints must restore.
+    """
+
+    def __init__(self, per_id: int = 8, augment: bool = False):
+        colours = torch.eye(3) * 0.8 + 0.1
+        pairs = list(itertools.permutations(range(3), 2))
+        self.labels = torch.arange(len(pairs)).repeat_interleave(per_id)
+        top = colours[[pairs[i][0] for i in self.labels]].view(-1, 3, 1, 1).expand(-1, 3, 16, 16)
+        bottom = colours[[pairs[i][1] for i in self.labels]].view(-1, 3, 1, 1).expand(-1, 3, 16, 16)
+        noise = 0.2 * torch.randn(len(self.labels), 3, 32, 16, generator=torch.Generator().manual_seed(0))
+        self.images = (torch.cat([top, bottom], 2) + noise).clamp(0, 1)
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        image = self.images[i]
+        if self.augment:
+            image = (image + 0.05 * torch.randn_like(image)).clamp(0, 1)
+            if np.random.rand() < 0.5:
+                image = image.flip(2)
+        return image, int(self.labels[i]), i % 2, i
+
+
+def _loader(dataset: TwoTone, p: int = 3, k: int = 4) -> tuple[DataLoader, PKSampler]:
+    sampler = PKSampler(dataset.labels.numpy(), p=p, k=k, seed=0)  # 2 batches of 12 images per epoch
+    return DataLoader(dataset, batch_size=p * k, sampler=sampler), sampler
+
+
+def _lrs(scheduler, epochs: int) -> list[float]:
+    values = []
+    for _ in range(epochs):
+        values.append(scheduler.optimizer.param_groups[0]["lr"])
+        scheduler.optimizer.step()  # the order torch expects: optimizer, then scheduler
+        scheduler.step()
+    return values
+
+
+def test_step_schedule_with_warmup_by_hand() -> None:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = build_scheduler(opt, "step", epochs=8, warmup_epochs=4, milestones=[6], gamma=0.1)
+    expected = [0.01, 0.01 + 0.99 / 4, 0.01 + 0.99 / 2, 0.01 + 0.99 * 3 / 4, 1.0, 1.0, 0.1, 0.1]
+    assert _lrs(sched, 8) == pytest.approx(expected)
+
+
+def test_cosine_schedule_with_warmup_by_hand() -> None:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+    sched = build_scheduler(opt, "cosine", epochs=6, warmup_epochs=2, warmup_factor=0.5)
+    cos = [0.5 * (1 + math.cos(math.pi * t / 4)) for t in range(4)]  # 4 epochs after warm-up
+    assert _lrs(sched, 6) == pytest.approx([2.0 * f for f in [0.5, 0.75, *cos]])
+
+
+def test_schedule_rejects_bad_arguments() -> None:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    with pytest.raises(KeyError, match="cosine"):
+        build_scheduler(opt, "linear", epochs=3)
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        build_scheduler(opt, "step", epochs=3, warmup_epochs=4)
+
+
+def test_training_learns_separable_identities() -> None:
+    seed_everything(0)
+    dataset = TwoTone()
+    loader, sampler = _loader(dataset)
+    model = build_reid_model("small_cnn", num_classes=6, channels=(8, 16, 16))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    scheduler = build_scheduler(optimizer, "step", epochs=15, warmup_epochs=2, milestones=[12])
+    history = train(model, loader, sampler, optimizer, scheduler, 15, None, device=CPU, log_every=1)
+    assert [h["epoch"] for h in history] == list(range(1, 16))
+    assert [h["lr"] for h in history[:3]] == pytest.approx([1e-4, 1e-2 * (0.01 + 0.99 / 2), 1e-2])
+    assert history[-1]["lr"] == pytest.approx(1e-3)
+    assert np.mean([h["loss"] for h in history[-3:]]) < 0.6 * history[0]["loss"]
+    assert history[0]["loss_triplet"] > 0 and history[-1]["loss_triplet"] < history[0]["loss_triplet"]
+    for record in history:
+        assert record["loss"] == pytest.approx(record["loss_ce"] + record["loss_triplet"], rel=1e-5)
+        assert record["images_per_second"] > 0
+    # independent check in eval mode: the classifier on f_i identifies the training images
+    model.eval()
+    with torch.no_grad():
+        predicted = model.head.classifier(model(dataset.images)).argmax(1)
+    assert (predicted == dataset.labels).float().mean().item() >= 0.9
+
+
+def test_subclass_overrides_only_forward_backward() -> None:
+    batch_losses: list[float] = []
+
+    class CrossEntropyOnly(ReIDEngine):
+        def forward_backward(self, batch):
+            out = self.model(batch[0])
+            loss = F.cross_entropy(out.logits, batch[1])
+            self.optimizer_step(loss)
+            batch_losses.append(loss.item())
+            return {"loss": loss.item()}
+
+    seed_everything(1)
+    loader, sampler = _loader(TwoTone())
+    model = build_reid_model("small_cnn", num_classes=6, channels=(8, 16))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    history = train(model, loader, sampler, optimizer, None, 2, None, device=CPU, engine_cls=CrossEntropyOnly)
+    assert set(history[0]) == {"loss", "images_per_second", "lr", "epoch"}
+    # PK batches all hold 12 images, so the image-weighted epoch mean is the plain mean of the 2 batches
+    assert [h["loss"] for h in history] == pytest.approx([np.mean(batch_losses[:2]), np.mean(batch_losses[2:])])
+
+
+def test_amp_is_cuda_only() -> None:
+    model = build_reid_model("small_cnn", num_classes=6, channels=(8,))
+    with pytest.warns(UserWarning, match="amp=True ignored"):
+        engine = ReIDEngine(model, torch.optim.SGD(model.parameters(), lr=0.1), device=CPU, amp=True)
+    assert not engine.amp and not engine.scaler.is_enabled()
+
+
+class _Interrupt(RuntimeError):
+    pass
+
+
+def _setup(seed: int):
+    seed_everything(seed)
+    model = build_reid_model("small_cnn", num_classes=6, channels=(8, 16, 16))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    scheduler = build_scheduler(optimizer, "cosine", epochs=3, warmup_epochs=1)
+    return model, optimizer, scheduler
+
+
+def _evaluate_with_randomness(epoch: int, record: dict) -> None:
+    torch.rand(3), np.random.rand(), torch.randperm(5)  # a callback's draws must not change training
+
+
+@pytest.mark.parametrize("sampling", ["pk", "shuffle"])
+def test_resume_after_interrupt_is_bit_exact(tmp_path, sampling: str) -> None:
+    dataset = TwoTone(augment=True)
+
+    def make_loader():  # PK sampling, or a DataLoader shuffling with its own generator
+        if sampling == "pk":
+            return _loader(dataset)
+        return DataLoader(dataset, batch_size=12, shuffle=True, generator=torch.Generator().manual_seed(7)), None
+
+    model, optimizer, scheduler = _setup(0)
+    loader, sampler = make_loader()
+    full = train(
+        model,
+        loader,
+        sampler,
+        optimizer,
+        scheduler,
+        3,
+        tmp_path / "full",
+        device=CPU,
+        on_epoch_end=_evaluate_with_randomness,
+    )
+    expected_state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def stop_after_first(epoch: int, record: dict) -> None:
+        _evaluate_with_randomness(epoch, record)
+        assert load_checkpoint(tmp_path / "cut" / "last.pt", _setup(5)[0])["epoch"] == epoch + 1
+        raise _Interrupt
+
+    model, optimizer, scheduler = _setup(0)
+    loader, sampler = make_loader()
+    with pytest.raises(_Interrupt):
+        train(
+            model, loader, sampler, optimizer, scheduler, 3, tmp_path / "cut", device=CPU, on_epoch_end=stop_after_first
+        )
+    assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == ["last.pt"]  # no temporary left behind
+
+    model, optimizer, scheduler = _setup(123)  # a different init: everything must come from the checkpoint
+    loader, sampler = make_loader()
+    resumed = train(
+        model,
+        loader,
+        sampler,
+        optimizer,
+        scheduler,
+        3,
+        tmp_path / "cut",
+        device=CPU,
+        on_epoch_end=_evaluate_with_randomness,
+    )
+
+    assert len(resumed) == 3
+    for a, b in zip(full, resumed, strict=True):
+        assert {k: v for k, v in a.items() if k != "images_per_second"} == {
+            k: v for k, v in b.items() if k != "images_per_second"
+        }
+    state = model.state_dict()
+    assert state.keys() == expected_state.keys()
+    assert all(torch.equal(state[k], expected_state[k]) for k in state)
+    assert not torch.equal(state["head.classifier.weight"], _setup(0)[0].state_dict()["head.classifier.weight"])
+
+
+def test_finished_run_does_not_train_again(tmp_path) -> None:
+    model, optimizer, scheduler = _setup(0)
+    loader, sampler = _loader(TwoTone())
+    first = train(model, loader, sampler, optimizer, scheduler, 1, tmp_path, device=CPU)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    again = train(model, loader, sampler, optimizer, scheduler, 1, tmp_path, device=CPU)
+    assert again == first
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
