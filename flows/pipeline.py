@@ -138,6 +138,15 @@ def _flatten_numbers(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tupl
             yield name, float(value)
 
 
+# Metric names (last key component) that the summary table prints; every numeric metric goes to MLflow.
+HEADLINE_KEYS = ("rank1", "mAP", "mINP", "sca", "rca_0.5", "accuracy", "detection_rate", "pck_0.2", "validated")
+
+
+def headline(metrics: Mapping[str, float]) -> dict[str, float]:
+    """The metrics a person wants to see at the end of a run (see ``HEADLINE_KEYS``)."""
+    return {name: value for name, value in metrics.items() if name.rsplit(".", 1)[-1] in HEADLINE_KEYS}
+
+
 def format_summary(records: list[StageRecord], metrics: Mapping[str, float]) -> str:
     """A plain-text table: one row per stage (status, seconds), then one row per headline metric."""
     width = max([len("stage"), *(len(r["stage"]) for r in records), *(len(m) for m in metrics)])
@@ -180,7 +189,7 @@ def pipeline(project_dir: str = ".", targets: list[str] | None = None, force: bo
             log_parent_lock(parent, root)
         metrics = headline_metrics(root) if failure is None else {}
         parent.log_metrics(metrics)
-        summary = format_summary(records, metrics)
+        summary = format_summary(records, headline(metrics))
         print(summary)
         if failure is not None:
             # Raised inside the parent run so that MLflow marks it FAILED too.
