@@ -19,7 +19,7 @@ export GX_ANALYTICS_ENABLED := False
 export DVC_NO_ANALYTICS := 1
 export MPLBACKEND := Agg
 
-.PHONY: setup run test lint format bench
+.PHONY: setup run test lint format bench thesis
 
 setup: $(STAMP)
 
@@ -48,3 +48,7 @@ format: setup
 
 bench: setup
 	$(BIN)/python -m benchmarks
+
+# Thesis-scale settings (real datasets, GPUs): params.thesis.yaml applied as a DVC experiment.
+thesis: setup
+	eval "$(BIN)/dvc exp run $$($(BIN)/advreid profile params.thesis.yaml)"
