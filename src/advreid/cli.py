@@ -16,6 +16,7 @@ from advreid.settings import apply_environment
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo-data": ("advreid.stages.demo_data", "generate the synthetic two-domain Re-ID demo and the digits raw file"),
     "ingest": ("advreid.stages.ingest", "read one dataset from its on-disk layout into validated parquet manifests"),
+    "pose": ("advreid.stages.pose", "18 OpenPose-order keypoints per image (annotations or MediaPipe), PCK, skeletons"),
     "audit": ("advreid.tracking.audit", "verify the lineage of an output path or MLflow run against what is on disk"),
     "profile": ("advreid.profile", "print `dvc exp run -S` arguments applying an override file (params.thesis.yaml)"),
     "where": ("advreid.stages.where", "print where results, plots and the MLflow database are, and how to browse them"),
