@@ -38,28 +38,9 @@ from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
 from advreid.io import atomic_path, write_json
+from advreid.pose.keypoints import JOINT_INDEX, JOINTS
 
-JOINTS: tuple[str, ...] = (
-    "nose",
-    "neck",
-    "r_shoulder",
-    "r_elbow",
-    "r_wrist",
-    "l_shoulder",
-    "l_elbow",
-    "l_wrist",
-    "r_hip",
-    "r_knee",
-    "r_ankle",
-    "l_hip",
-    "l_knee",
-    "l_ankle",
-    "r_eye",
-    "l_eye",
-    "r_ear",
-    "l_ear",
-)
-J = {name: i for i, name in enumerate(JOINTS)}
+J = JOINT_INDEX
 SUPERSAMPLE = 4
 JPEG_QUALITY = 95
 SPLIT_DIRS = ("bounding_box_train", "bounding_box_test", "query")
