@@ -120,13 +120,20 @@ def _run_streaming_stderr(command: list[str], cwd: str) -> tuple[int, str]:
 def headline_metrics(project_dir: str | os.PathLike) -> dict[str, float]:
     """Numeric metrics of the workspace as DVC reports them, nested keys joined with ``.``.
 
-    Names are those of ``dvc.api.metrics_show`` (``file:key`` only where two files share a key),
-    with characters MLflow rejects replaced by ``_``.
+    Names are those of ``dvc.api.metrics_show`` (``file:key`` only where two files share a top-level key),
+    with characters MLflow rejects replaced by ``_``. Unlike ``dvc.api.metrics_show``, a metrics file that
+    does not exist yet (its stage was not part of this run) is skipped instead of failing the summary.
     """
-    import dvc.api
-
-    shown = dvc.api.metrics_show(repo=os.fspath(project_dir))
-    return {re.sub(r"[^/\w.\- :]", "_", name): value for name, value in _flatten_numbers(shown)}
+    with _open_repo(project_dir) as repo:
+        files = repo.metrics.show().get("", {}).get("data", {})
+    readable = {name: entry["data"] for name, entry in files.items() if "error" not in entry and "data" in entry}
+    counts = collections.Counter(key for data in readable.values() for key in data)
+    merged = {
+        (key if counts[key] == 1 else f"{name}:{key}"): value
+        for name, data in readable.items()
+        for key, value in data.items()
+    }
+    return {re.sub(r"[^/\w.\- :]", "_", name): value for name, value in _flatten_numbers(merged)}
 
 
 def _flatten_numbers(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, float]]:
