@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ingest": ("advreid.stages.ingest", "read one dataset from its on-disk layout into validated parquet manifests"),
     "pose": ("advreid.stages.pose", "18 OpenPose-order keypoints per image (annotations or MediaPipe), PCK, skeletons"),
     "audit": ("advreid.tracking.audit", "verify the lineage of an output path or MLflow run against what is on disk"),
+    "train-reid": ("advreid.stages.train_reid", "train one Re-ID model on the source domain (CE + triplet, resumable)"),
+    "eval-reid": ("advreid.stages.eval_reid", "CMC / mAP / mINP of one Re-ID model on source and target domains"),
     "profile": ("advreid.profile", "print `dvc exp run -S` arguments applying an override file (params.thesis.yaml)"),
     "where": ("advreid.stages.where", "print where results, plots and the MLflow database are, and how to browse them"),
 }

@@ -80,7 +80,7 @@ class ManifestImages(Dataset):
             name = row["array_file"]
             if name not in self._arrays:
                 self._arrays[name] = np.load(self.array_dir / name, mmap_mode="r")
-            pixels = np.asarray(self._arrays[name][int(row["array_index"])])
+            pixels = np.array(self._arrays[name][int(row["array_index"])])  # a writable copy out of the memory map
         else:
             pixels = load_image(self.raw_root / row["path"])
         image = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float().div_(255.0)

@@ -119,8 +119,10 @@ def save_checkpoint(
         "rng": rng,
         "meta": meta or {},
     }
-    with atomic_path(path) as tmp:
-        torch.save(checkpoint, tmp)
+    # Through a file handle: given a path, torch.save records the (random) temporary name inside the zip,
+    # and identical training runs would give files with different bytes (and DVC hashes).
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(checkpoint, f)
 
 
 def load_checkpoint(

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 AP_CONVENTIONS = ("noninterp", "trapezoid")
+_SCORE_ROWS = 64  # queries scored at once: average_precision holds a few (rows, G) float64 arrays
 
 
 @dataclass(frozen=True)
@@ -116,26 +117,29 @@ def evaluate_rank(
         order = torch.sort(dist, dim=1, stable=True).indices
         q_lab = query_labels[idx].long().unsqueeze(1)
         q_cam = query_cameras[idx].long().unsqueeze(1)
-        ranked_labels, ranked_cams = g_labels[order], g_cams[order]
-        keep = ~(((ranked_labels == q_lab) & (ranked_cams == q_cam)) | (ranked_labels == -1))
-        matches = (ranked_labels == q_lab) & keep
+        # masks in gallery order, then one boolean gather each (cheaper than gathering labels and cameras)
+        same_id = g_labels.unsqueeze(0) == q_lab
+        removed = (same_id & (g_cams.unsqueeze(0) == q_cam)) | (g_labels == -1).unsqueeze(0)
+        keep = torch.gather(~removed, 1, order)
+        matches = torch.gather(same_id & ~removed, 1, order)
         valid = matches.any(1)
-        for row in torch.nonzero(valid).flatten().tolist():
-            kept = matches[row][keep[row]]
-            if single_shot_repeats > 0:
-                cmc_sum += _single_shot_cmc(ranked_labels[row][keep[row]], kept, max_rank, single_shot_repeats,
-                                            generator)
-            else:
-                first = int(torch.nonzero(kept)[0])
-                if first < max_rank:
-                    cmc_sum[first:] += 1
-            aps.append(average_precision(kept.unsqueeze(0), ap_convention)[0])
-            positions = torch.nonzero(kept).flatten()
-            inps.append(len(positions) / (float(positions[-1]) + 1.0))
-    num_valid = len(aps)
+        if single_shot_repeats > 0:
+            ranked_labels = g_labels[order]
+            for row in torch.nonzero(valid).flatten().tolist():
+                cmc_sum += _single_shot_cmc(ranked_labels[row][keep[row]], matches[row][keep[row]], max_rank,
+                                            single_shot_repeats, generator)
+        for rows in torch.nonzero(valid).flatten().split(_SCORE_ROWS):
+            kept = _drop_removed(matches[rows], keep[rows])  # (n, G) matches ranked among kept entries only
+            if single_shot_repeats == 0:
+                first = kept.to(torch.uint8).argmax(1)  # first true match (argmax returns the first maximum)
+                cmc_sum += torch.bincount(first[first < max_rank], minlength=max_rank).cumsum(0)
+            aps.append(average_precision(kept, ap_convention))
+            last = kept.shape[1] - 1 - kept.flip(1).to(torch.uint8).argmax(1)
+            inps += (kept.sum(1).double() / (last.double() + 1.0)).tolist()
+    num_valid = len(inps)
     if num_valid == 0:
         raise ValueError("evaluate_rank: no query has a true match in the gallery after same-camera removal")
-    ap_tensor = torch.stack(aps)
+    ap_tensor = torch.cat(aps)
     return RankResult(
         cmc=(cmc_sum / num_valid).float(),
         mAP=float(ap_tensor.mean()),
@@ -144,6 +148,15 @@ def evaluate_rank(
         ap_convention=ap_convention,
         per_query_ap=ap_tensor.float(),
     )
+
+
+def _drop_removed(matches: Tensor, keep: Tensor) -> Tensor:
+    """Ranked match rows (n, G) with the removed entries taken out, left-aligned and padded with False."""
+    num_g = matches.shape[1]
+    # rank of each kept entry among the kept ones; removed entries all land in a spare last column
+    target = torch.where(keep, keep.cumsum(1) - 1, num_g)
+    out = torch.zeros(matches.shape[0], num_g + 1, dtype=torch.bool, device=matches.device)
+    return out.scatter_(1, target, matches & keep)[:, :num_g]
 
 
 def _single_shot_cmc(labels: Tensor, matches: Tensor, max_rank: int, repeats: int,

@@ -235,3 +235,13 @@ def test_finished_run_does_not_train_again(tmp_path) -> None:
     again = train(model, loader, sampler, optimizer, scheduler, 1, tmp_path, device=CPU)
     assert again == first
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_checkpoints_of_the_same_state_have_identical_bytes(tmp_path):
+    from advreid.reid.engine import save_checkpoint
+
+    model = torch.nn.Linear(3, 2)
+    rng = {"torch": torch.zeros(4, dtype=torch.uint8)}
+    save_checkpoint(tmp_path / "a.pt", model, epoch=1, history=[], rng=rng, meta={"arch": "x"})
+    save_checkpoint(tmp_path / "b.pt", model, epoch=1, history=[], rng=rng, meta={"arch": "x"})
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()

@@ -1,0 +1,266 @@
+"""Stage ``eval_reid@<model>``: retrieval by a trained Re-ID model on the source domain (source->source) and on every
+target domain (direct transfer, source->target).
+
+Per test domain: query and gallery features (optionally averaged with their mirror images), Euclidean or cosine
+distance, CMC (rank-1/5/10 and the curve), mAP and mINP under the standard protocol, each block recording the AP
+convention it used; optionally CUHK03's single-shot CMC; with ``rerank`` the same metrics again after k-reciprocal
+re-ranking (k1, k2, lambda; the starred rows of thesis Table 5.5) under the key ``rerank``.
+
+Outputs: ``reports/metrics/reid/eval_<model>.json``; ``reports/reid/cmc/<model>/<target>.csv`` (columns rank,
+source, target, and source_rerank, target_rerank with re-ranking; one file per target so that ``dvc plots show``
+draws source->source against source->target in one chart); ``reports/reid/ranked_<model>.png``, the top-10 of a
+few queries per domain framed green (right identity) or red (wrong), as in thesis Figs. 4.2 and 5.2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from advreid.data.torch_data import ManifestImages, load_split
+from advreid.device import select_device
+from advreid.io import atomic_path, write_json, write_text
+from advreid.params import ParamsError, build, load_params
+from advreid.reid.features import extract_features
+from advreid.reid.metrics import AP_CONVENTIONS, RankResult, evaluate_rank, pairwise_distance
+from advreid.reid.ranked_list import ranked_gallery, ranked_list_figure
+from advreid.reid.reranking import k_reciprocal_rerank
+from advreid.settings import apply_environment
+from advreid.stages.train_reid import ReIDParams, load_trained_model, model_entry
+
+METRICS = ("euclidean", "cosine")
+RANKS = (1, 5, 10)
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """``reid.models.<name>.eval``."""
+
+    metric: str = "euclidean"
+    flip: bool = True  # average each image's features with its mirror image's
+    ap_convention: str = "noninterp"
+    max_rank: int = 50  # length of the CMC curve
+    single_shot_repeats: int = 0  # > 0: CUHK03 single-shot CMC averaged over this many gallery draws
+    seed: int = 0  # of the single-shot draws
+    rerank: bool = False
+    k1: int = 20
+    k2: int = 6
+    lambda_value: float = 0.3
+    chunk_size: int = 256  # queries scored (and re-ranked) at once
+    batch_size: int = 128  # images per feature-extraction batch
+    ranked_queries: int = 3  # rows per domain in the ranked-list picture
+    top_k: int = 10
+
+    def check(self, where: str) -> EvalSettings:
+        if self.metric not in METRICS:
+            raise ParamsError(f"{where}.metric: must be one of {list(METRICS)}, got {self.metric!r}")
+        if self.ap_convention not in AP_CONVENTIONS:
+            raise ParamsError(
+                f"{where}.ap_convention: must be one of {list(AP_CONVENTIONS)}, got {self.ap_convention!r}"
+            )
+        for name in ("max_rank", "k1", "k2", "chunk_size", "batch_size", "ranked_queries", "top_k"):
+            if getattr(self, name) < 1:
+                raise ParamsError(f"{where}.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.single_shot_repeats < 0:
+            raise ParamsError(f"{where}.single_shot_repeats: must be >= 0, got {self.single_shot_repeats}")
+        if not 0.0 <= self.lambda_value <= 1.0:
+            raise ParamsError(f"{where}.lambda_value: must be in [0, 1], got {self.lambda_value}")
+        return self
+
+
+@dataclass
+class DomainEvaluation:
+    """Features and scores of one test domain."""
+
+    name: str
+    query: ManifestImages
+    gallery: ManifestImages
+    query_features: Tensor  # (Q, D)
+    gallery_features: Tensor  # (G, D)
+    result: RankResult
+    reranked: RankResult | None
+
+
+def evaluate_domain(
+    model: nn.Module,
+    processed_dir: str | Path,
+    settings: EvalSettings,
+    size: tuple[int, int],
+    *,
+    device: torch.device,
+    root: str | Path = ".",
+) -> DomainEvaluation:
+    """Features of the query and gallery splits of ``processed_dir`` at ``size`` (H, W), then CMC / mAP / mINP
+    (and the re-ranked ones with ``settings.rerank``)."""
+    splits, features = {}, {}
+    for split in ("query", "gallery"):
+        frame, raw_root = load_split(processed_dir, split, root)
+        splits[split] = ManifestImages(frame, raw_root, size=size)
+        loader = DataLoader(splits[split], batch_size=settings.batch_size, shuffle=False)
+        features[split] = extract_features(model, loader, device, flip=settings.flip)
+    (qf, ql, qc), (gf, gl, gc) = features["query"], features["gallery"]
+    options = {
+        "max_rank": settings.max_rank,
+        "ap_convention": settings.ap_convention,
+        "chunk_size": settings.chunk_size,
+        "single_shot_repeats": settings.single_shot_repeats,
+    }
+    generator = torch.Generator().manual_seed(settings.seed)
+    result = evaluate_rank(qf, gf, ql, gl, qc, gc, metric=settings.metric, generator=generator, **options)
+    reranked = None
+    if settings.rerank:
+        distance = k_reciprocal_rerank(
+            qf,
+            gf,
+            settings.k1,
+            settings.k2,
+            settings.lambda_value,
+            chunk_size=settings.chunk_size,
+            metric=settings.metric,
+        )
+        generator = torch.Generator().manual_seed(settings.seed)
+        reranked = evaluate_rank(qf, gf, ql, gl, qc, gc, distance_fn=distance, generator=generator, **options)
+    name = Path(processed_dir).name
+    return DomainEvaluation(name, splits["query"], splits["gallery"], qf, gf, result, reranked)
+
+
+def domain_metrics(evaluation: DomainEvaluation, settings: EvalSettings, role: str) -> dict[str, Any]:
+    """The metrics JSON block of one domain: rank-1/5/10, mAP, mINP and the settings they were computed with."""
+    protocol = {
+        "role": role,
+        "distance": settings.metric,
+        "flip": settings.flip,
+        "cmc": f"single-shot x{settings.single_shot_repeats}" if settings.single_shot_repeats else "multi-shot",
+    }
+    block: dict[str, Any] = {**evaluation.result.as_dict(RANKS), **protocol}
+    if evaluation.reranked is not None:
+        block["rerank"] = {
+            **evaluation.reranked.as_dict(RANKS),
+            "k1": settings.k1,
+            "k2": settings.k2,
+            "lambda": settings.lambda_value,
+        }
+    return block
+
+
+def cmc_csv(source: DomainEvaluation, target: DomainEvaluation) -> str:
+    """CSV text: rank, source, target[, source_rerank, target_rerank] (CMC values in [0, 1])."""
+    columns = {"source": source.result.cmc, "target": target.result.cmc}
+    if source.reranked is not None and target.reranked is not None:
+        columns.update(source_rerank=source.reranked.cmc, target_rerank=target.reranked.cmc)
+    length = min(len(values) for values in columns.values())
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["rank", *columns])
+    for i in range(length):
+        writer.writerow([i + 1, *(f"{float(values[i]):.6f}" for values in columns.values())])
+    return buffer.getvalue()
+
+
+def ranked_list(evaluations: list[DomainEvaluation], settings: EvalSettings, path: Path, title: str) -> Path:
+    """The ranked-list picture: ``settings.ranked_queries`` evenly spaced queries of each domain, each with its
+    ``settings.top_k`` nearest gallery images by the plain (not re-ranked) distance."""
+    queries, ranked, matches, labels = [], [], [], []
+    for ev in evaluations:
+        count = min(settings.ranked_queries, len(ev.query))
+        picks = torch.linspace(0, len(ev.query) - 1, count).round().long().unique()
+        distances = pairwise_distance(ev.query_features[picks], ev.gallery_features, settings.metric)
+        q_labels, q_cams = torch.as_tensor(ev.query.labels)[picks], torch.as_tensor(ev.query.cameras)[picks]
+        top, hit = ranked_gallery(
+            distances,
+            q_labels,
+            q_cams,
+            torch.as_tensor(ev.gallery.labels),
+            torch.as_tensor(ev.gallery.cameras),
+            settings.top_k,
+        )
+        for row, query_index in enumerate(picks.tolist()):
+            queries.append(_uint8(ev.query.image(query_index)))
+            ranked.append([_uint8(ev.gallery.image(g)) for g in top[row].tolist()])
+            labels.append(f"{ev.name}\nid {int(q_labels[row])}")
+        matches.append(hit)
+    return ranked_list_figure(queries, ranked, torch.cat(matches), path, row_labels=labels, title=title)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="advreid eval-reid", description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="a key of reid.models in params.yaml")
+    args = parser.parse_args(argv)
+    root = apply_environment()
+    params = build(ReIDParams, load_params("reid", root / "params.yaml"), "reid").check()
+    where = f"reid.models.{args.model}.eval"
+    settings = build(EvalSettings, model_entry(params.models, args.model).get("eval", {}), where).check(where)
+    if params.threads:
+        torch.set_num_threads(params.threads)
+    device = select_device(params.device)
+    model, meta = load_trained_model(root / "models" / "reid" / args.model / "model.pt", device)
+    if meta["source"] != params.source:
+        raise ParamsError(
+            f"reid.source is '{params.source}' but model '{args.model}' was trained on '{meta['source']}'"
+        )
+
+    from advreid.tracking.mlflow_run import stage_run
+
+    stage = f"eval_reid@{args.model}"
+    processed = root / "data" / "processed"
+    domains = [params.source, *params.targets]
+    manifests = {f"{d}/{s}": processed / d / f"{s}.parquet" for d in domains for s in ("query", "gallery")}
+    logged = {"model": args.model, "source": params.source, "targets": list(params.targets), "eval": asdict(settings)}
+    with stage_run(stage, logged, manifests=manifests) as run:
+        size = (meta["height"], meta["width"])
+        evaluations = [evaluate_domain(model, processed / d, settings, size, device=device, root=root) for d in domains]
+        metrics = {
+            ev.name: domain_metrics(ev, settings, "source" if i == 0 else "target") for i, ev in enumerate(evaluations)
+        }
+        metrics_path = root / "reports" / "metrics" / "reid" / f"eval_{args.model}.json"
+        write_json(metrics_path, metrics)
+        cmc_dir = root / "reports" / "reid" / "cmc" / args.model
+        with atomic_path(cmc_dir, is_dir=True) as tmp:
+            for target in evaluations[1:]:
+                write_text(tmp / f"{target.name}.csv", cmc_csv(evaluations[0], target))
+        figure = ranked_list(
+            evaluations,
+            settings,
+            root / "reports" / "reid" / f"ranked_{args.model}.png",
+            f"{args.model} trained on {params.source}: top-{settings.top_k} (green: same identity, red: other)",
+        )
+        run.log_metrics(_numbers(metrics))
+        run.log_artifact(metrics_path, "reid")
+        run.log_artifacts(cmc_dir, f"reid/cmc_{args.model}")
+        run.log_artifact(figure, "reid")
+    for name, block in metrics.items():
+        line = f"{stage}: {params.source}->{name}: rank-1 {block['rank1']:.3f}, mAP {block['mAP']:.3f}"
+        if "rerank" in block:
+            line += f" (re-ranked: rank-1 {block['rerank']['rank1']:.3f}, mAP {block['rerank']['mAP']:.3f})"
+        print(line)
+    return 0
+
+
+def _numbers(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of the metrics JSON as flat MLflow keys (``demo_b.rerank.mAP``); strings are params."""
+    flat: dict[str, float] = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            flat.update(_numbers(value, f"{prefix}{key}."))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            flat[f"{prefix}{key}"] = float(value)
+    return flat
+
+
+def _uint8(image: Tensor) -> np.ndarray:
+    """(3, H, W) float in [0, 1] -> (H, W, 3) uint8 for drawing."""
+    return image.mul(255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
