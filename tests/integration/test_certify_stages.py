@@ -1,0 +1,175 @@
+"""The chapter-6 stages end to end on tiny settings: train_classifier -> train_denoiser -> certify -> certify_report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import pytest
+import torch
+import yaml
+
+from advreid.data.formats.classification import sklearn_digits_file
+from advreid.data.registry import read_dataset
+from advreid.stages import certify, certify_report, train_classifier, train_denoiser
+from advreid.stages.ingest import write_dataset
+
+pytestmark = pytest.mark.slow  # about 20 s: every chapter-6 stage runs once
+
+METHODS = ["fo_ds", "zo_ae_ruds"]
+PARAMS = {
+    "seed": 0,
+    "train_classifier": {
+        "dataset": "digits",
+        "arch": "resnet_digits",
+        "arch_options": {"width": 4},
+        "epochs": 2,
+        "batch_size": 128,
+        "lr": 0.05,
+        "device": "cpu",
+        "reconstruction": {"dataset": "digits", "measurements": 32, "hidden": 32, "epochs": 2, "batch_size": 128},
+    },
+    "train_denoiser": {
+        "methods": METHODS,
+        "settings": {
+            "sigmas": [0.25, 0.5],
+            "q": 4,
+            "epochs": 1,
+            "batch_size": 256,
+            "lr": 0.001,
+            "pretrain_epochs": 1,
+            "dncnn": {"depth": 3, "width": 4},
+            "rdunet": {"base_width": 2},
+            "ae_width": 4,
+            "validation_points": 40,
+            "reconstruction_epochs": 1,
+            "device": "cpu",
+        },
+    },
+    "certify": {
+        "settings": {
+            "sigmas": [0.25, 0.5],
+            "n0": 10,
+            "n": 40,
+            "batch_size": 50,
+            "num_points": 6,
+            "reconstruction": {"epsilons": [0, 1], "steps": 3, "noise_samples": 2, "num_points": 8},
+            "device": "cpu",
+        }
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A project root with the digits manifests and the chapter-6 params, run through every stage once."""
+    root = tmp_path_factory.mktemp("certify-project")
+    (root / "data" / "raw" / "digits").mkdir(parents=True)
+    shutil.copy(sklearn_digits_file(), root / "data" / "raw" / "digits")
+    raw = read_dataset("digits", root / "data" / "raw" / "digits", name="digits")
+    write_dataset(raw, root / "data" / "processed" / "digits", "data/raw/digits")
+    (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ADVREID_ROOT", str(root))
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        mp.chdir(root)
+        assert train_classifier.main([]) == 0
+        for method in METHODS:
+            assert train_denoiser.main([method]) == 0
+        for method in ["baseline", *METHODS]:
+            assert certify.main([method]) == 0
+        assert certify_report.main([]) == 0
+        yield root, mp
+
+
+def test_every_stage_writes_its_outputs(project) -> None:
+    root, _ = project
+    assert (root / "models" / "classifier" / "digits.pt").is_file()
+    assert (root / "models" / "reconstructor" / "digits.pt").is_file()
+    for method in METHODS:
+        names = sorted(p.name for p in (root / "models" / "denoisers" / method).iterdir())
+        assert names == ["reconstruction.pt", "sigma_0.25.pt", "sigma_0.5.pt"]
+    for path in ("certified_accuracy.png", "training_curves.png", "tables.md"):
+        assert (root / "reports" / "certify" / path).stat().st_size > 0
+    metrics = json.loads((root / "reports" / "metrics" / "train_classifier.json").read_text())
+    assert 0.0 <= metrics["classifier"]["test_accuracy"] <= 1.0
+
+
+def test_certification_results_are_consistent(project) -> None:
+    root, _ = project
+    for method in ["baseline", *METHODS]:
+        result = json.loads((root / "reports" / "metrics" / "certify" / f"{method}.json").read_text())
+        assert result["settings"]["n"] == 40 and result["settings"]["points"] == 6
+        for sigma, row in result["sigma"].items():
+            values = [row["sca"], row["rca_0.25"], row["rca_0.5"], row["rca_0.75"]]
+            assert all(0.0 <= v <= 1.0 for v in values)
+            assert values == sorted(values, reverse=True)  # certified accuracy cannot grow with the radius
+            assert row["queries_per_point"] == 10 + 40  # n0 + n black-box queries per point
+            # no radius beyond sigma * Phi^-1(alpha^(1/n)) can be certified with n samples: Phi^-1(0.8414) = 1.0002
+            assert row["max_certifiable_radius"] == pytest.approx(
+                float(sigma) * 1.0002, rel=1e-3
+            )  # 0.001^(1/40) = 0.8414
+        with open(root / "reports" / "certify" / "curves" / f"{method}.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert float(rows[0]["sigma_0.25"]) == pytest.approx(result["sigma"]["0.25"]["sca"])
+        assert set(result["reconstruction"]) == {"0", "1"}
+
+
+def test_report_holds_the_tables_and_says_n_is_smaller(project) -> None:
+    root, _ = project
+    tables = json.loads((root / "reports" / "metrics" / "certify_report.json").read_text())
+    assert set(tables["table_6_1"]["rows"]) == {"baseline", *METHODS}
+    assert tables["table_6_1"]["rows"]["fo_ds"]["type"] == "W"
+    assert tables["table_6_1"]["rows"]["zo_ae_ruds"]["type"] == "B"
+    assert set(tables["table_6_2"]["rows"]) == {"zo_ae_ruds"} and tables["table_6_2"]["q"] == 4
+    assert set(tables["table_6_3"]["rows"]) == {"vanilla", *METHODS}
+    assert tables["table_6_4"]["status"].startswith("not run")
+    assert set(tables["table_6_6_7"]["sigmas"]) == {"0.5"}
+    assert tables["settings"]["demo"] is True
+    text = (root / "reports" / "certify" / "tables.md").read_text()
+    assert "n = 40 noise samples per point instead of the thesis's n = 10000" in text
+
+
+def test_training_curves_and_black_box_labels(project) -> None:
+    root, _ = project
+    with open(root / "reports" / "certify" / "training" / "zo_ae_ruds.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1
+    assert float(rows[0]["sigma_0.25_queries_per_sample"]) == 2 * 4 + 1  # CGE over a latent of q = 4
+    assert float(rows[0]["reconstruction_queries_per_sample"]) == 2 * 4 + 1
+
+
+def _checkpoints(folder) -> dict:
+    return {p.name: torch.load(p, map_location="cpu", weights_only=True) for p in sorted(folder.iterdir())}
+
+
+def test_rerun_gives_identical_checkpoints_and_results(project) -> None:
+    root, _ = project
+    folder = root / "models" / "denoisers" / "zo_ae_ruds"
+    before = _checkpoints(folder)
+    result = (root / "reports" / "metrics" / "certify" / "zo_ae_ruds.json").read_text()
+    assert train_denoiser.main(["zo_ae_ruds"]) == 0
+    assert certify.main(["zo_ae_ruds"]) == 0
+    after = _checkpoints(folder)
+    assert sorted(before) == sorted(after)
+    for name, checkpoint in before.items():
+        assert checkpoint["history"] == after[name]["history"] and checkpoint["meta"] == after[name]["meta"]
+        weights = checkpoint["model"]
+        assert all(torch.equal(weights[key], after[name]["model"][key]) for key in weights), name
+    assert (root / "reports" / "metrics" / "certify" / "zo_ae_ruds.json").read_text() == result
+
+
+def test_bad_method_and_params_are_reported(project) -> None:
+    root, mp = project
+    with pytest.raises(KeyError, match="valid names"):
+        train_denoiser.main(["zo_unknown"])
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["certify"]["settings"]["sigmas"] = [0.3]
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    try:
+        with pytest.raises(FileNotFoundError, match="sigma_0.3.pt not found"):
+            certify.main(["fo_ds"])
+    finally:
+        (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    assert torch.load(root / "models" / "classifier" / "digits.pt", weights_only=True)["meta"]["num_classes"] == 10
