@@ -161,9 +161,7 @@ def write_tinyimagenet(
     rng = np.random.default_rng(seed)
     folder = root / "tiny-imagenet-200"
     folder.mkdir(parents=True, exist_ok=True)
-    wnids = [
-        f"n{9_000_000 - 1000 * i:08d}" for i in range(num_classes)
-    ]  # descending: wnids.txt is not sorted
+    wnids = [f"n{9_000_000 - 1000 * i:08d}" for i in range(num_classes)]  # descending: wnids.txt is not sorted
     (folder / "wnids.txt").write_text("\n".join(wnids) + "\n")
     words = {w: f"thing {i}, object {i}" for i, w in enumerate(wnids)}
     words["n00000001"] = "entity"  # words.txt covers all of WordNet, not only the 200 classes

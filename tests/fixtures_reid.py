@@ -315,9 +315,7 @@ def write_veri776(
     def add(listed: str, split: str, vid: int, camera: int) -> None:
         timestamp = 1000 * next(counter) + 30
         name = f"{vid:04d}_c{camera:03d}_{timestamp:08d}_0.jpg"
-        w.image(
-            f"image_{listed}/{name}", split=split, label=vid, camera=camera, frame=-1, timestamp=timestamp
-        )
+        w.image(f"image_{listed}/{name}", split=split, label=vid, camera=camera, frame=-1, timestamp=timestamp)
         names[listed].append(name)
 
     for vid in train_ids:

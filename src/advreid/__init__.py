@@ -1,2 +1,3 @@
 """advreid: generative and adversarial learning for object re-identification."""
+
 __version__ = "0.1.0"

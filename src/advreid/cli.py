@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "certify-report": ("advreid.stages.certify_report", "chapter-6 tables 6.1-6.7 and certified-accuracy plots"),
     "train-reid": ("advreid.stages.train_reid", "train one Re-ID model on the source domain (CE + triplet, resumable)"),
     "eval-reid": ("advreid.stages.eval_reid", "CMC / mAP / mINP of one Re-ID model on source and target domains"),
+    "attack": ("advreid.stages.attack", "attacks x budgets on one Re-ID model (--sweep: WMA lambda / kernel sweeps)"),
+    "attack-report": ("advreid.stages.attack_report", "chapter-4 tables 4.1-4.6, cross-model transfer, attack figures"),
     "profile": ("advreid.profile", "print `dvc exp run -S` arguments applying an override file (params.thesis.yaml)"),
     "where": ("advreid.stages.where", "print where results, plots and the MLflow database are, and how to browse them"),
 }

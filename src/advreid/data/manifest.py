@@ -92,7 +92,7 @@ def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
 def read_manifests(directory: str | os.PathLike) -> pd.DataFrame:
     """All split manifests of one dataset directory concatenated (splits in a fixed order)."""
     directory = Path(directory)
-    files = sorted(directory.glob("*.parquet"), key=lambda p: (SPLITS.index(p.stem) if p.stem in SPLITS else 99))
+    files = sorted(directory.glob("*.parquet"), key=lambda p: SPLITS.index(p.stem) if p.stem in SPLITS else 99)
     if not files:
         raise FileNotFoundError(f"no manifests (*.parquet) in {directory}")
     return pd.concat([read_manifest(p) for p in files], ignore_index=True)

@@ -137,4 +137,3 @@ class PKSampler(Sampler[int]):
             batches.append(batch)
         for batch in batches[self.rank :: self.world_size]:
             yield from batch
-

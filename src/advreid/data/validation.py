@@ -60,15 +60,11 @@ class ManifestRules:
         if self.kind == "reid" and self.camera_range is None:
             raise ValueError("ManifestRules.camera_range is required for kind 'reid'")
         if self.kind == "classification" and self.camera_range is not None:
-            raise ValueError(
-                "ManifestRules.camera_range must be None for kind 'classification' (camera is -1)"
-            )
+            raise ValueError("ManifestRules.camera_range must be None for kind 'classification' (camera is -1)")
         if self.camera_range is not None:
             _check_range("camera_range", self.camera_range)
         if not self.splits or not all(isinstance(s, str) and s for s in self.splits):
-            raise ValueError(
-                f"ManifestRules.splits must be a non-empty tuple of split names, got {self.splits!r}"
-            )
+            raise ValueError(f"ManifestRules.splits must be a non-empty tuple of split names, got {self.splits!r}")
         for attr in ("image_size", "min_size"):
             size = getattr(self, attr)
             if size is not None and (len(size) != 2 or min(size) < 1):
@@ -256,9 +252,7 @@ def class_counts(frame: pd.DataFrame, num_classes: int) -> pd.DataFrame:
     """
     labels = pd.to_numeric(frame["label"], errors="coerce")
     keep = frame["split"].notna() & labels.between(0, num_classes - 1)
-    rows = pd.DataFrame(
-        {"split": frame.loc[keep, "split"].astype(str), "label": labels[keep].astype("int64")}
-    )
+    rows = pd.DataFrame({"split": frame.loc[keep, "split"].astype(str), "label": labels[keep].astype("int64")})
     splits = sorted(rows["split"].unique())
     full = pd.MultiIndex.from_product([splits, range(num_classes)], names=["split", "label"])
     counts = rows.groupby(["split", "label"]).size().reindex(full, fill_value=0).rename("count").reset_index()
@@ -413,9 +407,7 @@ def _run(
     validation = definition.get_batch(batch_parameters={"dataframe": frame}).validate(
         suite, result_format=result_format
     )
-    raw = sorted(
-        validation.to_json_dict()["results"], key=lambda r: r["expectation_config"]["meta"]["position"]
-    )
+    raw = sorted(validation.to_json_dict()["results"], key=lambda r: r["expectation_config"]["meta"]["position"])
     return [_outcome(r, batch, index_columns) for r in raw]
 
 
@@ -435,8 +427,7 @@ def _outcome(raw: dict[str, Any], batch: str, index_columns: tuple[str, ...]) ->
         unexpected_count=int(result.get("unexpected_count") or 0),
         element_count=int(result.get("element_count") or 0),
         examples=[
-            _ordered(row, index_columns)
-            for row in (result.get("partial_unexpected_index_list") or [])[:MAX_EXAMPLES]
+            _ordered(row, index_columns) for row in (result.get("partial_unexpected_index_list") or [])[:MAX_EXAMPLES]
         ],
         batch=batch,
         error=_error_message(raw.get("exception_info") or {}),

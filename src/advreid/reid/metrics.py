@@ -33,8 +33,9 @@ class RankResult:
 
     def as_dict(self, ranks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float | int | str]:
         out: dict[str, float | int | str] = {f"rank{k}": self.rank(k) for k in ranks if k <= len(self.cmc)}
-        out.update(mAP=self.mAP, mINP=self.mINP, num_valid_queries=self.num_valid_queries,
-                   ap_convention=self.ap_convention)
+        out.update(
+            mAP=self.mAP, mINP=self.mINP, num_valid_queries=self.num_valid_queries, ap_convention=self.ap_convention
+        )
         return out
 
 
@@ -126,8 +127,9 @@ def evaluate_rank(
         if single_shot_repeats > 0:
             ranked_labels = g_labels[order]
             for row in torch.nonzero(valid).flatten().tolist():
-                cmc_sum += _single_shot_cmc(ranked_labels[row][keep[row]], matches[row][keep[row]], max_rank,
-                                            single_shot_repeats, generator)
+                cmc_sum += _single_shot_cmc(
+                    ranked_labels[row][keep[row]], matches[row][keep[row]], max_rank, single_shot_repeats, generator
+                )
         for rows in torch.nonzero(valid).flatten().split(_SCORE_ROWS):
             kept = _drop_removed(matches[rows], keep[rows])  # (n, G) matches ranked among kept entries only
             if single_shot_repeats == 0:
@@ -159,8 +161,9 @@ def _drop_removed(matches: Tensor, keep: Tensor) -> Tensor:
     return out.scatter_(1, target, matches & keep)[:, :num_g]
 
 
-def _single_shot_cmc(labels: Tensor, matches: Tensor, max_rank: int, repeats: int,
-                     generator: torch.Generator | None) -> Tensor:
+def _single_shot_cmc(
+    labels: Tensor, matches: Tensor, max_rank: int, repeats: int, generator: torch.Generator | None
+) -> Tensor:
     """CMC of one query averaged over ``repeats`` draws of one gallery image per identity (CUHK03 protocol)."""
     out = torch.zeros(max_rank, dtype=torch.float64)
     for _ in range(repeats):

@@ -277,8 +277,7 @@ def test_digits_split_is_stratified_deterministic_and_scaled(tmp_path: Path) -> 
     # pixel scaling v -> round(v * 255 / 16), checked as multisets of (image bytes, label)
     table = np.array([round(v * 255 / 16) for v in range(17)], dtype=np.uint8)
     expected = sorted(
-        (table[img.astype(int)].tobytes(), int(t))
-        for img, t in zip(digits.images, digits.target, strict=True)
+        (table[img.astype(int)].tobytes(), int(t)) for img, t in zip(digits.images, digits.target, strict=True)
     )
     got = sorted(
         (img.tobytes(), int(t))

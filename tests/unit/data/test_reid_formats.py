@@ -49,11 +49,7 @@ def test_reader_returns_what_the_writer_wrote(tmp_path, name):
     expected = written.expected
     if name == "cuhk03":  # the reader's default variant
         expected = expected[expected["variant"] == "labeled"]
-    extras = [
-        c
-        for c in expected.columns
-        if c not in ("split", "path", "label", "camera", "frame", "variant", "list")
-    ]
+    extras = [c for c in expected.columns if c not in ("split", "path", "label", "camera", "frame", "variant", "list")]
     columns = ["split", "path", "label", "camera", "frame", *extras]
     rows = _all_rows(raw)
     pd.testing.assert_frame_equal(
@@ -221,9 +217,7 @@ def test_missing_root_is_an_error(tmp_path):
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_msmt17_both_layouts_and_val_merging(tmp_path, version):
-    write_msmt17(
-        tmp_path, version=version, train_ids=(0, 1, 2), test_ids=(0, 1), cameras=(7, 15), per_camera=2
-    )
+    write_msmt17(tmp_path, version=version, train_ids=(0, 1, 2), test_ids=(0, 1), cameras=(7, 15), per_camera=2)
     train_dir = "train" if version == "v1" else "mask_train_v2"
     merged = read_msmt17(tmp_path)
     assert {s: len(f) for s, f in merged.frames.items()} == {
@@ -327,9 +321,7 @@ def test_veri776_name_parses_to_vehicle_camera_and_timestamp(tmp_path):
 
 def test_veri776_lists_are_the_source_of_truth(tmp_path):
     written = write_veri776(tmp_path)
-    _copy_image(
-        written.root / written.expected["path"].iloc[0], tmp_path / "image_train" / "0009_c001_00000005_0.jpg"
-    )
+    _copy_image(written.root / written.expected["path"].iloc[0], tmp_path / "image_train" / "0009_c001_00000005_0.jpg")
     assert len(read_veri776(tmp_path).frames["train"]) == written.counts["train"]  # unlisted file ignored
 
     list_path = tmp_path / "name_query.txt"

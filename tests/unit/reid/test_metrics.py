@@ -17,8 +17,14 @@ def _eval(dist, g_labels, g_cams, q_labels=None, q_cams=None, **kw):
     q_labels = torch.tensor([1]) if q_labels is None else q_labels
     q_cams = torch.tensor([1]) if q_cams is None else q_cams
     return evaluate_rank(
-        torch.zeros(len(q_labels), 1), torch.zeros(len(g_labels), 1), q_labels, g_labels, q_cams, g_cams,
-        distance_fn=lambda idx: dist[idx], **kw,
+        torch.zeros(len(q_labels), 1),
+        torch.zeros(len(g_labels), 1),
+        q_labels,
+        g_labels,
+        q_cams,
+        g_cams,
+        distance_fn=lambda idx: dist[idx],
+        **kw,
     )
 
 

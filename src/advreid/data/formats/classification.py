@@ -74,9 +74,7 @@ def _load_pickle(path: Path) -> dict[bytes, Any]:
     except DatasetFormatError:
         raise
     except Exception as err:  # a damaged pickle can fail in many ways (EOFError, UnpicklingError, ...)
-        raise DatasetFormatError(
-            f"{path}: corrupted or truncated pickle ({type(err).__name__}: {err})"
-        ) from err
+        raise DatasetFormatError(f"{path}: corrupted or truncated pickle ({type(err).__name__}: {err})") from err
     if not isinstance(obj, dict):
         raise DatasetFormatError(f"{path}: expected a pickled dict, found {type(obj).__name__}")
     return obj
@@ -107,9 +105,7 @@ def _labels(values: Any, count: int, num_classes: int, source: str, first: int =
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         last = num_classes - 1 + first
-        raise DatasetFormatError(
-            f"{source}: label {int(labels[i]) + first} at index {i} is outside {first}..{last}"
-        )
+        raise DatasetFormatError(f"{source}: label {int(labels[i]) + first} at index {i} is outside {first}..{last}")
     return labels
 
 
@@ -184,9 +180,7 @@ def read_cifar10(root: Path) -> RawDataset:
     """
     folder = _dataset_dir(root, "cifar-10-batches-py", "batches.meta")
     meta_path = folder / "batches.meta"
-    class_names = _names(
-        _field(_load_pickle(meta_path), b"label_names", meta_path), b"label_names", meta_path, 10
-    )
+    class_names = _names(_field(_load_pickle(meta_path), b"label_names", meta_path), b"label_names", meta_path, 10)
     train = [_cifar_batch(folder / f"data_batch_{i}", b"labels", 10) for i in range(1, 6)]
     splits = {
         "train": (np.concatenate([t[0] for t in train]), np.concatenate([t[1] for t in train])),
@@ -309,14 +303,10 @@ def read_tinyimagenet(root: Path) -> RawDataset:
             continue
         fields = line.split("\t")
         if len(fields) < 2:
-            raise DatasetFormatError(
-                f"{annotations} line {number}: expected '<file>\\t<wnid>\\t<box>', got {line!r}"
-            )
+            raise DatasetFormatError(f"{annotations} line {number}: expected '<file>\\t<wnid>\\t<box>', got {line!r}")
         name, wnid = fields[0].strip(), fields[1].strip()
         if wnid not in index:
-            raise DatasetFormatError(
-                f"{annotations} line {number}: wnid {wnid!r} is not in {wnids_path.name}"
-            )
+            raise DatasetFormatError(f"{annotations} line {number}: wnid {wnid!r} is not in {wnids_path.name}")
         path = folder / "val" / "images" / name
         if not path.is_file():
             raise DatasetFormatError(f"{annotations} line {number}: image {name} does not exist ({path})")
@@ -352,16 +342,12 @@ def _mnist_split(folder: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
         raise DatasetFormatError(f"{image_path}: {len(data)} bytes is shorter than the 16-byte idx3 header")
     magic, n, rows, cols = struct.unpack(">IIII", data[:16])
     if magic != MNIST_IMAGE_MAGIC:
-        raise DatasetFormatError(
-            f"{image_path}: magic number {magic}, expected {MNIST_IMAGE_MAGIC} (idx3 uint8)"
-        )
+        raise DatasetFormatError(f"{image_path}: magic number {magic}, expected {MNIST_IMAGE_MAGIC} (idx3 uint8)")
     if (rows, cols) != (MNIST_SIDE, MNIST_SIDE):
         raise DatasetFormatError(f"{image_path}: images are {rows}x{cols}, expected 28x28")
     expected = 16 + n * rows * cols
     if len(data) != expected:
-        raise DatasetFormatError(
-            f"{image_path}: {len(data)} bytes, expected {expected} for {n} images of 28x28"
-        )
+        raise DatasetFormatError(f"{image_path}: {len(data)} bytes, expected {expected} for {n} images of 28x28")
     images = np.frombuffer(data, dtype=np.uint8, offset=16).reshape(n, rows, cols, 1)
 
     label_path, data = _idx_bytes(folder, f"{prefix}-labels-idx1-ubyte")
@@ -369,9 +355,7 @@ def _mnist_split(folder: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
         raise DatasetFormatError(f"{label_path}: {len(data)} bytes is shorter than the 8-byte idx1 header")
     magic, count = struct.unpack(">II", data[:8])
     if magic != MNIST_LABEL_MAGIC:
-        raise DatasetFormatError(
-            f"{label_path}: magic number {magic}, expected {MNIST_LABEL_MAGIC} (idx1 uint8)"
-        )
+        raise DatasetFormatError(f"{label_path}: magic number {magic}, expected {MNIST_LABEL_MAGIC} (idx1 uint8)")
     if len(data) != 8 + count:
         raise DatasetFormatError(f"{label_path}: {len(data)} bytes, expected {8 + count} for {count} labels")
     if count != n:
@@ -431,19 +415,14 @@ def read_digits(root: Path | None = None, test_fraction: float = 0.25, seed: int
     except (OSError, ValueError, EOFError) as err:
         raise DatasetFormatError(f"{path}: cannot parse digits CSV ({err})") from err
     if table.ndim != 2 or table.shape[1] != 65 or table.min() < 0 or table[:, :64].max() > 16:
-        raise DatasetFormatError(
-            f"{path}: expected rows of 64 pixels in 0..16 and a label, got shape {table.shape}"
-        )
-    pixels = np.round(table[:, :64].reshape(-1, 8, 8) * 255.0 / 16.0).astype(np.uint8)[
-        ..., None
-    ]  # (N, 8, 8, 1)
+        raise DatasetFormatError(f"{path}: expected rows of 64 pixels in 0..16 and a label, got shape {table.shape}")
+    pixels = np.round(table[:, :64].reshape(-1, 8, 8) * 255.0 / 16.0).astype(np.uint8)[..., None]  # (N, 8, 8, 1)
     target = table[:, 64].astype(np.int64)
     train_idx, test_idx = train_test_split(
         np.arange(len(target)), test_size=test_fraction, random_state=seed, stratify=target
     )
     splits = {
-        split: (pixels[np.sort(idx)], target[np.sort(idx)])
-        for split, idx in (("train", train_idx), ("test", test_idx))
+        split: (pixels[np.sort(idx)], target[np.sort(idx)]) for split, idx in (("train", train_idx), ("test", test_idx))
     }
     class_names = [str(name) for name in range(10)]
     return _build("digits", splits, class_names, (8, 8))

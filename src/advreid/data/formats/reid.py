@@ -69,9 +69,7 @@ class _NameFormat:
             )
         fields = {key: int(value) for key, value in match.groupdict().items()}
         if not 1 <= fields["camera"] <= self.max_camera:
-            raise DatasetFormatError(
-                f"{self.dataset}: {where}: camera {fields['camera']} outside 1..{self.max_camera}"
-            )
+            raise DatasetFormatError(f"{self.dataset}: {where}: camera {fields['camera']} outside 1..{self.max_camera}")
         if self.max_label is not None and fields["label"] > self.max_label:
             raise DatasetFormatError(
                 f"{self.dataset}: {where}: id {fields['label']} above the largest id {self.max_label}"
@@ -241,9 +239,7 @@ def _scan_folder(folder: Path, fmt: _NameFormat) -> list[tuple[Path, dict[str, i
     return [(p, fmt.parse(p.name, p)) for p in files]
 
 
-def _read_list(
-    list_path: Path, image_dir: Path, fmt: _NameFormat, labelled: bool
-) -> list[tuple[Path, dict[str, int]]]:
+def _read_list(list_path: Path, image_dir: Path, fmt: _NameFormat, labelled: bool) -> list[tuple[Path, dict[str, int]]]:
     """The images a list file names, one per non-blank line: ``path`` or ``path pid`` (``labelled``)."""
     if not list_path.is_file():
         raise DatasetFormatError(f"{fmt.dataset}: list file {list_path} is missing")
@@ -258,22 +254,16 @@ def _read_list(
             raise DatasetFormatError(f"{fmt.dataset}: {where}: expected {shape}, got {line.strip()!r}")
         relative = PurePosixPath(fields[0])
         if relative.is_absolute() or ".." in relative.parts:
-            raise DatasetFormatError(
-                f"{fmt.dataset}: {where}: path {fields[0]!r} must stay inside {image_dir}"
-            )
+            raise DatasetFormatError(f"{fmt.dataset}: {where}: path {fields[0]!r} must stay inside {image_dir}")
         path = image_dir.joinpath(*relative.parts)
         if not path.is_file():
-            raise DatasetFormatError(
-                f"{fmt.dataset}: {where}: listed image {fields[0]} does not exist ({path})"
-            )
+            raise DatasetFormatError(f"{fmt.dataset}: {where}: listed image {fields[0]} does not exist ({path})")
         parsed = fmt.parse(relative.name, f"{where} ({fields[0]})")
         if labelled:
             try:
                 pid = int(fields[1])
             except ValueError:
-                raise DatasetFormatError(
-                    f"{fmt.dataset}: {where}: pid {fields[1]!r} is not an integer"
-                ) from None
+                raise DatasetFormatError(f"{fmt.dataset}: {where}: pid {fields[1]!r} is not an integer") from None
             if pid != parsed["label"]:
                 raise DatasetFormatError(
                     f"{fmt.dataset}: {where}: pid {pid} but id {parsed['label']} in {relative.name}"
@@ -287,9 +277,7 @@ def _reject_duplicates(entries: dict[str, list[tuple[Path, dict[str, int]]]], da
     for split, items in entries.items():
         for path, _ in items:
             if path in seen:
-                raise DatasetFormatError(
-                    f"{dataset}: {path} is listed twice (splits {seen[path]} and {split})"
-                )
+                raise DatasetFormatError(f"{dataset}: {path} is listed twice (splits {seen[path]} and {split})")
             seen[path] = split
 
 
@@ -309,9 +297,7 @@ def _msmt17_layout(root: Path, version: str | None) -> tuple[Path, Path, Path]:
         wanted = " or ".join(f"MSMT17_{v.upper()}/{{{','.join(names[v])}}}" for v in ("v1", "v2"))
         raise DatasetFormatError(f"msmt17: {root} has no image folders {wanted} (nor those folders directly)")
     if len(found) > 1:
-        raise DatasetFormatError(
-            f"msmt17: {root} holds both MSMT17_V1 and MSMT17_V2; pass version='v1' or 'v2'"
-        )
+        raise DatasetFormatError(f"msmt17: {root} holds both MSMT17_V1 and MSMT17_V2; pass version='v1' or 'v2'")
     return next(iter(found.values()))
 
 
@@ -352,9 +338,7 @@ def _apply_junk_rules(
         for path, fields in items:
             if fields["label"] in special:
                 kind = "junk" if fields["label"] == JUNK_LABEL else "distractor"
-                raise DatasetFormatError(
-                    f"{dataset}: query image {path} has the {kind} label {fields['label']}"
-                )
+                raise DatasetFormatError(f"{dataset}: query image {path} has the {kind} label {fields['label']}")
     return items
 
 
