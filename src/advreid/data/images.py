@@ -20,7 +20,7 @@ def decode_image(data: bytes, source: str | os.PathLike = "<bytes>") -> np.ndarr
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()  # a truncated file raises here, not at open()
-            return np.asarray(im.convert("RGB"))
+            return np.array(im.convert("RGB"))  # a writable copy (torch.from_numpy needs one)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageReadError(f"{source}: cannot decode image ({err})") from err
 
