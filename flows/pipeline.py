@@ -28,7 +28,7 @@ quiet_tools()  # before Prefect is imported: it reads its logging settings at im
 from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 
-from advreid.tracking.mlflow_run import log_parent_lock, parent_run  # noqa: E402
+from advreid.tracking.mlflow_run import log_parent_lock, numeric_leaves, parent_run  # noqa: E402
 
 # The venv's own DVC, whatever PATH says (workers may start with a bare PATH).
 DVC_COMMAND = (sys.executable, "-m", "dvc")
@@ -133,16 +133,7 @@ def headline_metrics(project_dir: str | os.PathLike) -> dict[str, float]:
         for name, data in readable.items()
         for key, value in data.items()
     }
-    return {re.sub(r"[^/\w.\- :]", "_", name): value for name, value in _flatten_numbers(merged)}
-
-
-def _flatten_numbers(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, float]]:
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            yield from _flatten_numbers(value, prefix=f"{name}.")
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            yield name, float(value)
+    return {re.sub(r"[^/\w.\- :]", "_", name): value for name, value in numeric_leaves(merged).items()}
 
 
 # Metric names (last key component) that the summary table prints; every numeric metric goes to MLflow.

@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     if meta["source"] != reid.source:
         raise ParamsError(f"reid.source is '{reid.source}' but model '{args.model}' was trained on '{meta['source']}'")
 
-    from advreid.tracking.mlflow_run import stage_run
+    from advreid.tracking.mlflow_run import numeric_leaves, stage_run
 
     processed = root / "data" / "processed" / reid.source
     manifests = {f"{reid.source}/{s}": processed / f"{s}.parquet" for s in ("query", "gallery")}
@@ -385,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json(metrics_path, metrics)
         cmc_path = root / "reports" / "attack" / "cmc" / f"{args.model}.csv"
         write_text(cmc_path, cmc_csv(results))
-        run.log_metrics(_numbers({"clean": metrics["clean"], "cells": metrics["cells"]}))
+        run.log_metrics(numeric_leaves({"clean": metrics["clean"], "cells": metrics["cells"]}))
         run.log_artifact(metrics_path, "attack")
         run.log_artifact(cmc_path, "attack")
     clean = metrics["clean"]
@@ -408,7 +408,9 @@ def _sweep(model, splits, params, sweep, settings, device, root: Path, run) -> i
         lambda_figure(splits["query"], rows, lambdas, eps, sweep.images, out / "lambda_sweep.png"),
         kernel_figure(metrics, sweep, out / "kernel_sweep.png"),
     ]
-    run.log_metrics(_numbers({key: metrics[key] for key in ("clean", "lambda", "kernel")}))
+    from advreid.tracking.mlflow_run import numeric_leaves
+
+    run.log_metrics(numeric_leaves({key: metrics[key] for key in ("clean", "lambda", "kernel")}))
     for path in [metrics_path, *figures]:
         run.log_artifact(path, "attack")
     for lam, cell in metrics["lambda"].items():
@@ -417,17 +419,6 @@ def _sweep(model, splits, params, sweep, settings, device, root: Path, run) -> i
             f"smoothness {cell['smoothness']:.3f}"
         )
     return 0
-
-
-def _numbers(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """Numeric leaves as flat MLflow keys (``cells.pgd-eps8.mAP``); strings and booleans are left out."""
-    flat: dict[str, float] = {}
-    for key, value in metrics.items():
-        if isinstance(value, dict):
-            flat.update(_numbers(value, f"{prefix}{key}."))
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            flat[f"{prefix}{key}"] = float(value)
-    return flat
 
 
 def _uint8(image: Tensor) -> np.ndarray:

@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             f"reid.source is '{params.source}' but model '{args.model}' was trained on '{meta['source']}'"
         )
 
-    from advreid.tracking.mlflow_run import stage_run
+    from advreid.tracking.mlflow_run import numeric_leaves, stage_run
 
     stage = f"eval_reid@{args.model}"
     processed = root / "data" / "processed"
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             root / "reports" / "reid" / f"ranked_{args.model}.png",
             f"{args.model} trained on {params.source}: top-{settings.top_k} (green: same identity, red: other)",
         )
-        run.log_metrics(_numbers(metrics))
+        run.log_metrics(numeric_leaves(metrics))
         run.log_artifact(metrics_path, "reid")
         run.log_artifacts(cmc_dir, f"reid/cmc_{args.model}")
         run.log_artifact(figure, "reid")
@@ -244,17 +244,6 @@ def main(argv: list[str] | None = None) -> int:
             line += f" (re-ranked: rank-1 {block['rerank']['rank1']:.3f}, mAP {block['rerank']['mAP']:.3f})"
         print(line)
     return 0
-
-
-def _numbers(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """Numeric leaves of the metrics JSON as flat MLflow keys (``demo_b.rerank.mAP``); strings are params."""
-    flat: dict[str, float] = {}
-    for key, value in metrics.items():
-        if isinstance(value, dict):
-            flat.update(_numbers(value, f"{prefix}{key}."))
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            flat[f"{prefix}{key}"] = float(value)
-    return flat
 
 
 def _uint8(image: Tensor) -> np.ndarray:

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     params = build(IngestParams, datasets[args.dataset], f"ingest.datasets.{args.dataset}")
 
     from advreid.data.validation import check
-    from advreid.tracking.mlflow_run import stage_run
+    from advreid.tracking.mlflow_run import numeric_leaves, stage_run
 
     out_dir = root / "data" / "processed" / args.dataset
     report_dir = root / "reports" / "validation"
@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         manifests = write_dataset(raw, out_dir, params.root)
         metrics = summarise(raw, report.success)
         write_json(root / "reports" / "metrics" / "ingest" / f"{args.dataset}.json", metrics)
-        run.log_metrics({**_flat(metrics), "ingest.images_per_second": len(frame) / max(seconds, 1e-9)})
+        throughput = len(frame) / max(seconds, 1e-9)
+        run.log_metrics({**numeric_leaves(metrics, "ingest."), "ingest.images_per_second": throughput})
         run.set_tags({f"advreid.manifest.{args.dataset}/{split}.sha256": h for split, h in manifests.items()})
     print(f"ingest@{args.dataset}: {len(frame)} images, splits {metrics['rows']}, validation passed -> {out_dir}")
     return 0
@@ -98,17 +99,6 @@ def summarise(raw, validated: bool) -> dict[str, Any]:
     if raw.kind == "reid":
         out["cameras"] = {s: int(f["camera"].nunique()) for s, f in sorted(raw.frames.items())}
     return out
-
-
-def _flat(metrics: dict[str, Any], prefix: str = "ingest") -> dict[str, float]:
-    flat: dict[str, float] = {}
-    for key, value in metrics.items():
-        name = f"{prefix}.{key}"
-        if isinstance(value, dict):
-            flat.update(_flat(value, name))
-        else:
-            flat[name] = float(value)
-    return flat
 
 
 def _resolve(root: Path, path: str) -> Path:

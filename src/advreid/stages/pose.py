@@ -108,14 +108,14 @@ def main(argv: list[str] | None = None) -> int:
         raise ParamsError(f"params.yaml: pose.datasets has no '{args.dataset}'; known: {sorted(params.datasets)}")
     settings = params.estimator_settings()
 
-    from advreid.tracking.mlflow_run import stage_run
+    from advreid.tracking.mlflow_run import numeric_leaves, stage_run
 
     processed = root / "data" / "processed" / args.dataset
     manifests = {f"{args.dataset}/{p.stem}": p for p in sorted(processed.glob("*.parquet"))}
     estimate = partial(estimate_files, settings=settings, workers=params.workers, desc=f"pose {args.dataset}")
     with stage_run(f"pose@{args.dataset}", asdict(params), manifests=manifests) as run:
         out = run_pose(args.dataset, root, params, estimate)
-        run.log_metrics({**_flat(out.metrics, "pose"), **_flat(out.work, "pose.run")})
+        run.log_metrics({**numeric_leaves(out.metrics, "pose."), **numeric_leaves(out.work, "pose.run.")})
         for path in (*out.figures, out.report, out.metrics_file):
             run.log_artifact(path, "pose")
     m = out.metrics
@@ -290,17 +290,6 @@ def _finite(value: Any) -> Any:
     if isinstance(value, float) and math.isnan(value):
         return None
     return value
-
-
-def _flat(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
-    flat: dict[str, float] = {}
-    for key, value in metrics.items():
-        name = f"{prefix}.{key}"
-        if isinstance(value, dict):
-            flat.update(_flat(value, name))
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            flat[name] = float(value)
-    return flat
 
 
 # --------------------------------------------------------------------------------------------------

@@ -108,6 +108,20 @@ def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str
     return flat
 
 
+def numeric_leaves(tree: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of a nested metrics mapping as flat MLflow keys (``prefix + "a.b.c"``).
+
+    Strings and booleans (e.g. ``ap_convention``, ``validated``) are left out: they are params or tags.
+    """
+    flat: dict[str, float] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(numeric_leaves(value, f"{prefix}{key}."))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            flat[f"{prefix}{key}"] = float(value)
+    return flat
+
+
 def tracking_uri(root: Path | None = None) -> str:
     """``MLFLOW_TRACKING_URI`` when set, else the project's SQLite file ``<root>/mlflow.db``."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root or project_root()).resolve() / 'mlflow.db'}"

@@ -252,3 +252,14 @@ def test_lookup_param_and_missing_lock(tmp_path: Path):
         lineage.read_lock(tmp_path)
     assert lineage.normalize(tmp_path / "a" / ".." / "b", tmp_path) == "b"
     assert lineage.normalize("./x//y", tmp_path) == "x/y"
+
+
+def test_numeric_leaves_flattens_numbers_and_leaves_out_text_and_booleans():
+    from advreid.tracking.mlflow_run import numeric_leaves
+
+    tree = {"demo_b": {"rank1": 1, "mAP": 0.5, "ap_convention": "noninterp", "rerank": {"mAP": 0.75}}, "ok": True}
+    assert numeric_leaves(tree, "eval.") == {
+        "eval.demo_b.rank1": 1.0,
+        "eval.demo_b.mAP": 0.5,
+        "eval.demo_b.rerank.mAP": 0.75,
+    }
