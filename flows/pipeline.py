@@ -12,14 +12,17 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import fnmatch
 import os
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypedDict
+
+import yaml
 
 from advreid.settings import apply_environment, quiet_tools
 
@@ -118,31 +121,45 @@ def _run_streaming_stderr(command: list[str], cwd: str) -> tuple[int, str]:
 
 
 def headline_metrics(project_dir: str | os.PathLike) -> dict[str, float]:
-    """Numeric metrics of the workspace as DVC reports them, nested keys joined with ``.``.
+    """Numeric metrics of the workspace's DVC metrics files, named ``<file>:<nested.key>``.
 
-    Names are those of ``dvc.api.metrics_show`` (``file:key`` only where two files share a top-level key),
-    with characters MLflow rejects replaced by ``_``. Unlike ``dvc.api.metrics_show``, a metrics file that
-    does not exist yet (its stage was not part of this run) is skipped instead of failing the summary.
+    Characters MLflow rejects are replaced by ``_``. A metrics file that does not exist yet (its stage was
+    not part of this run) is skipped, where ``dvc.api.metrics_show`` would fail.
     """
     with _open_repo(project_dir) as repo:
         files = repo.metrics.show().get("", {}).get("data", {})
-    readable = {name: entry["data"] for name, entry in files.items() if "error" not in entry and "data" in entry}
-    counts = collections.Counter(key for data in readable.values() for key in data)
     merged = {
-        (key if counts[key] == 1 else f"{name}:{key}"): value
-        for name, data in readable.items()
-        for key, value in data.items()
+        f"{name}:{key}": value
+        for name, entry in files.items()
+        if "error" not in entry and "data" in entry
+        for key, value in numeric_leaves(entry["data"]).items()
     }
-    return {re.sub(r"[^/\w.\- :]", "_", name): value for name, value in numeric_leaves(merged).items()}
+    return {re.sub(r"[^/\w.\- :]", "_", name): value for name, value in merged.items()}
 
 
-# Metric names (last key component) that the summary table prints; every numeric metric goes to MLflow.
-HEADLINE_KEYS = ("rank1", "mAP", "mINP", "sca", "rca_0.5", "accuracy", "detection_rate", "pck_0.2", "validated")
+# Used when params.yaml has no `pipeline.headline`: every metric whose last key is one of these.
+DEFAULT_HEADLINE = ("*.rank1", "*.mAP", "*.sca", "*.accuracy", "*.detection_rate")
 
 
-def headline(metrics: Mapping[str, float]) -> dict[str, float]:
-    """The metrics a person wants to see at the end of a run (see ``HEADLINE_KEYS``)."""
-    return {name: value for name, value in metrics.items() if name.rsplit(".", 1)[-1] in HEADLINE_KEYS}
+def headline(metrics: Mapping[str, float], patterns: Sequence[str] = DEFAULT_HEADLINE) -> dict[str, float]:
+    """The metrics a person wants to see at the end of a run: names matching any ``fnmatch`` pattern.
+
+    A pattern with a ``file:`` part (``reports/metrics/pose/*.json:evaluation.pck_0.2.overall``) matches
+    the whole name of :func:`headline_metrics`; a pattern without one matches the key alone.
+    """
+
+    def matches(name: str, pattern: str) -> bool:
+        return fnmatch.fnmatchcase(name if ":" in pattern else name.rsplit(":", 1)[-1], pattern)
+
+    return {name: value for name, value in metrics.items() if any(matches(name, p) for p in patterns)}
+
+
+def headline_patterns(project_dir: str | os.PathLike) -> tuple[str, ...]:
+    """``pipeline.headline`` of the project's params.yaml, or :data:`DEFAULT_HEADLINE`."""
+    path = Path(project_dir) / "params.yaml"
+    params = yaml.safe_load(path.read_text()) if path.is_file() else None
+    patterns = ((params or {}).get("pipeline") or {}).get("headline")
+    return tuple(patterns) if patterns else DEFAULT_HEADLINE
 
 
 def format_summary(records: list[StageRecord], metrics: Mapping[str, float]) -> str:
@@ -187,7 +204,7 @@ def pipeline(project_dir: str = ".", targets: list[str] | None = None, force: bo
             log_parent_lock(parent, root)
         metrics = headline_metrics(root) if failure is None else {}
         parent.log_metrics(metrics)
-        summary = format_summary(records, headline(metrics))
+        summary = format_summary(records, headline(metrics, headline_patterns(root)))
         print(summary)
         if failure is not None:
             # Raised inside the parent run so that MLflow marks it FAILED too.

@@ -135,7 +135,7 @@ def test_flow_runs_stages_once_and_tracks_them(tmp_path: Path, isolated_env: str
     assert all(r["seconds"] > 0 for r in first["stages"])
     assert (project / "b.txt").read_text() == "alpha\nbeta\n"
     # Numbers only, nested keys joined with "."; the bool and the string are not metrics.
-    assert first["metrics"] == {"score": 2.5, "cmc.rank1": 0.75}
+    assert first["metrics"] == {"metrics.json:score": 2.5, "metrics.json:cmc.rank1": 0.75}
     for name in names:
         assert any(line.split()[:2] == [name, "ran"] for line in first["summary"].splitlines())
     outputs = ["a.txt", "b.txt", "c.txt", "metrics.json", "dvc.lock"]
@@ -150,7 +150,7 @@ def test_flow_runs_stages_once_and_tracks_them(tmp_path: Path, isolated_env: str
     client = MlflowClient(tracking_uri=isolated_env)
     parent = client.get_run(first["parent_run_id"])
     assert parent.info.status == "FINISHED"
-    assert parent.data.metrics == {"score": 2.5, "cmc.rank1": 0.75}
+    assert parent.data.metrics == {"metrics.json:score": 2.5, "metrics.json:cmc.rank1": 0.75}
     locked = download_artifacts(
         run_id=parent.info.run_id,
         artifact_path="lineage/dvc.lock",
@@ -297,3 +297,18 @@ def test_prefect_yaml_deploys_offline(tmp_path: Path, prefect_api: str) -> None:
     assert gpu.job_variables["gpu_count"] == 1
     assert gpu.job_variables["namespace"] == "advreid" and gpu.job_variables["image"]
     assert gpu.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": "/opt/advreid"}}]
+
+
+def test_headline_patterns_select_by_file_and_key() -> None:
+    from flows.pipeline import headline
+
+    metrics = {
+        "reports/metrics/reid/eval_a.json:demo_b.rank1": 0.1,
+        "reports/metrics/attack_report.json:transfer.a-b.pgd.rank1": 0.2,
+        "reports/metrics/pose/x.json:estimator.detection_rate": 0.9,
+    }
+    chosen = headline(metrics, ["reports/metrics/reid/eval_*.json:*.rank1", "*.detection_rate"])
+    assert chosen == {
+        "reports/metrics/reid/eval_a.json:demo_b.rank1": 0.1,
+        "reports/metrics/pose/x.json:estimator.detection_rate": 0.9,
+    }
