@@ -15,15 +15,6 @@ SHAPE = (3, 2, 4, 3)  # (B, C, H, W), 2:1-ish like Re-ID crops
 N_IN = 2 * 4 * 3
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: thread start-up dominates and other helpers share the two cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _linear_classifier(seed: int = 0, classes: int = 5) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(nn.Flatten(), nn.Linear(N_IN, classes, bias=False)).double()

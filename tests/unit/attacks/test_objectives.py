@@ -25,14 +25,6 @@ from advreid.attacks.objectives import (
 SHAPE = (4, 3, 8, 4)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_cross_entropy_matches_the_log_softmax_by_hand():
     logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
     loss = cross_entropy(torch.tensor([0, 2]))(logits)

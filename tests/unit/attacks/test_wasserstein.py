@@ -15,14 +15,6 @@ from advreid.attacks.objectives import reid_non_targeted
 from advreid.attacks.wasserstein import local_transport_cost, projected_sinkhorn, wma, wright_omega
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def exact_wasserstein(clean: torch.Tensor, other: torch.Tensor) -> float:
     """1-Wasserstein distance by exact LP (POT) with the full Euclidean pixel-position cost, mass moving
     within each channel, both images divided by the clean image's total mass (the projection's units)."""

@@ -23,15 +23,6 @@ from advreid.models.reid import (
 FEATURE_DIMS = {"resnet50": 2048, "ibn_resnet50": 2048, "osnet_x1_0": 512, "osnet_x0_25": 128, "small_cnn": 128}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: on a shared 2-core machine intra-op threads cost far more in contention than they gain
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _build(name: str, num_classes: int = 3, **kw):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)

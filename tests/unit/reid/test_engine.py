@@ -24,15 +24,6 @@ from advreid.reid.engine import (
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: on a shared 2-core machine intra-op threads cost far more in contention than they gain
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 class TwoTone(Dataset):
     """6 identities: the ordered pairs of distinct colours (top half, bottom half) of a 32 x 16 image, plus noise.
 

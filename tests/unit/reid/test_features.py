@@ -13,15 +13,6 @@ from advreid.reid.features import extract_features
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: on a shared 2-core machine intra-op threads cost far more in contention than they gain
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture()
 def model_and_loader():
     torch.manual_seed(0)
