@@ -15,7 +15,17 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from advreid.params import ParamsError
+
 _CUDA = "cuda"
+
+
+def set_threads(threads: int, where: str) -> None:
+    """Use ``threads`` intra-op CPU threads (0 keeps torch's default); ``where`` names the param in errors."""
+    if threads < 0:
+        raise ParamsError(f"{where}: must be >= 0 (0 = torch's default), got {threads}")
+    if threads > 0:
+        torch.set_num_threads(threads)
 
 
 def select_device(preference: str = "auto") -> torch.device:

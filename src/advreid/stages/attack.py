@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from advreid.attacks.evaluation import AttackConfig, AttackOutcome, ReIDSplit, attack_split, rank_scores
 from advreid.data.torch_data import ManifestImages, load_split
-from advreid.device import select_device
+from advreid.device import select_device, set_threads
 from advreid.io import atomic_path, write_json, write_text
 from advreid.params import ParamsError, build, load_params
 from advreid.plots import image_grid, save_figure
@@ -353,8 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep = build(SweepSettings, params.sweep, "attack.sweep").check() if args.sweep else None
     if sweep is not None and sweep.model != args.model:
         raise ParamsError(f"attack.sweep.model is '{sweep.model}', not '{args.model}'")
-    if reid.threads:
-        torch.set_num_threads(reid.threads)
+    set_threads(reid.threads, "reid.threads")
     device = select_device(reid.device)
     model, meta = load_trained_model(root / "models" / "reid" / args.model / "model.pt", device)
     if meta["source"] != reid.source:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advreid.attacks.evaluation import ReIDSplit, rank_scores
-from advreid.device import select_device
+from advreid.device import select_device, set_threads
 from advreid.io import atomic_path, write_json, write_text
 from advreid.params import ParamsError, build, load_params
 from advreid.plots import image_grid, save_figure
@@ -323,8 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep_path = root / "reports" / "metrics" / "attack_sweep.json"
     sweep = read_json(sweep_path) if sweep_path.is_file() else None
     curves = {m: read_cmc(root / "reports" / "attack" / "cmc" / f"{m}.csv") for m in models}
-    if reid.threads:
-        torch.set_num_threads(reid.threads)
+    set_threads(reid.threads, "reid.threads")
     device = select_device(reid.device)
 
     from advreid.tracking.mlflow_run import stage_run

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     from advreid.certify.reconstruction import evaluate_reconstruction
     from advreid.certify.training import get_method
     from advreid.data.torch_data import dataset_info
-    from advreid.device import select_device
+    from advreid.device import select_device, set_threads
     from advreid.stages.train_classifier import load_classifier, load_images, load_reconstructor
     from advreid.stages.train_denoiser import load_defense
     from advreid.tracking.mlflow_run import stage_run
@@ -79,10 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     method = None if args.method == BASELINE else get_method(args.method)
     name = BASELINE if method is None else method.name
     device = select_device(params.device)
-    if params.threads < 0:
-        raise ParamsError(f"certify.settings.threads: must be >= 0 (0 = torch's default), got {params.threads}")
-    if params.threads > 0:
-        torch.set_num_threads(params.threads)
+    set_threads(params.threads, "certify.settings.threads")
     processed = root / "data" / "processed" / dataset
     test_x, test_y = load_images(processed, "test", root, device)
     classifier = load_classifier(root / "models" / "classifier" / f"{dataset}.pt", device)

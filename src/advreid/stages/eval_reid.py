@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from advreid.data.torch_data import ManifestImages, load_split
-from advreid.device import select_device
+from advreid.device import select_device, set_threads
 from advreid.io import atomic_path, write_json, write_text
 from advreid.params import ParamsError, build, load_params
 from advreid.reid.features import extract_features
@@ -200,8 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     params = build(ReIDParams, load_params("reid", root / "params.yaml"), "reid").check()
     where = f"reid.models.{args.model}.eval"
     settings = build(EvalSettings, model_entry(params.models, args.model).get("eval", {}), where).check(where)
-    if params.threads:
-        torch.set_num_threads(params.threads)
+    set_threads(params.threads, "reid.threads")
     device = select_device(params.device)
     model, meta = load_trained_model(root / "models" / "reid" / args.model / "model.pt", device)
     if meta["source"] != params.source:

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from advreid.io import write_json
-from advreid.params import ParamsError, build, load_params
+from advreid.params import build, load_params
 from advreid.settings import apply_environment
 
 
@@ -60,16 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     seed = load_params("seed", root / "params.yaml")
 
     from advreid.certify.reconstruction import reconstruction_errors
-    from advreid.device import select_device
+    from advreid.device import select_device, set_threads
     from advreid.models.classifiers import build_classifier
     from advreid.reid.engine import save_checkpoint
     from advreid.tracking.mlflow_run import stage_run
 
     device = select_device(params.device)
-    if params.threads < 0:
-        raise ParamsError(f"train_classifier.threads: must be >= 0 (0 = torch's default), got {params.threads}")
-    if params.threads > 0:
-        torch.set_num_threads(params.threads)
+    set_threads(params.threads, "train_classifier.threads")
     processed = root / "data" / "processed" / params.dataset
     train_x, train_y = load_images(processed, "train", root, device)
     test_x, test_y = load_images(processed, "test", root, device)

@@ -72,16 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     from advreid.certify.blackbox import BlackBox
     from advreid.certify.reconstruction import RECONSTRUCTION
     from advreid.certify.training import CLASSIFICATION, black_box_scores, get_method
-    from advreid.device import select_device
+    from advreid.device import select_device, set_threads
     from advreid.stages.train_classifier import load_classifier, load_images, load_reconstructor
     from advreid.tracking.mlflow_run import stage_run
 
     method = get_method(args.method)
     device = select_device(params.device)
-    if params.threads < 0:
-        raise ParamsError(f"train_denoiser.settings.threads: must be >= 0 (0 = torch's default), got {params.threads}")
-    if params.threads > 0:
-        torch.set_num_threads(params.threads)
+    set_threads(params.threads, "train_denoiser.settings.threads")
     processed = root / "data" / "processed" / dataset
     images, _ = load_images(processed, "train", root, device)
     val_x, val_y = (t[: params.validation_points] for t in load_images(processed, "test", root, device))

@@ -45,6 +45,7 @@ from advreid.device import (
     get_rank,
     get_world_size,
     init_distributed,
+    set_threads,
     supports_amp,
     unwrap,
     wrap_distributed,
@@ -306,8 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     entry = model_entry(params.models, args.model)
     where = f"reid.models.{args.model}.train"
     settings = build(TrainSettings, entry.get("train", {}), where).check(where)
-    if params.threads:
-        torch.set_num_threads(params.threads)
+    set_threads(params.threads, "reid.threads")
     stage = f"train_reid@{args.model}"
     out_dir = root / "models" / "reid" / args.model
     source_dir = root / "data" / "processed" / params.source

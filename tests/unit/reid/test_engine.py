@@ -236,3 +236,17 @@ def test_checkpoints_of_the_same_state_have_identical_bytes(tmp_path):
     save_checkpoint(tmp_path / "a.pt", model, epoch=1, history=[], rng=rng, meta={"arch": "x"})
     save_checkpoint(tmp_path / "b.pt", model, epoch=1, history=[], rng=rng, meta={"arch": "x"})
     assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+
+
+def test_set_threads_validates_and_sets():
+    from advreid.device import set_threads
+    from advreid.params import ParamsError
+
+    before = torch.get_num_threads()
+    set_threads(0, "x.threads")  # 0 keeps torch's default
+    assert torch.get_num_threads() == before
+    set_threads(2, "x.threads")
+    assert torch.get_num_threads() == 2
+    torch.set_num_threads(before)
+    with pytest.raises(ParamsError, match="x.threads: must be >= 0"):
+        set_threads(-1, "x.threads")
