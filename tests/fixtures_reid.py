@@ -341,3 +341,16 @@ REID_WRITERS: dict[str, Callable[..., WrittenDataset]] = {
     "cuhk03": write_cuhk03_np,
     "veri776": write_veri776,
 }
+
+
+def write_demo_project(root: Path, spec) -> Path:
+    """A project root with both synthetic demo domains, raw (``data/raw``) and ingested (``data/processed``)."""
+    from advreid.data.registry import read_dataset
+    from advreid.data.synthetic import generate_demo
+    from advreid.stages.ingest import write_dataset
+
+    generate_demo(root / "data" / "raw" / "demo_a", root / "data" / "raw" / "demo_b", spec, progress=False)
+    for name in ("demo_a", "demo_b"):
+        raw = read_dataset("market1501", root / "data" / "raw" / name, name=name, domain=name)
+        write_dataset(raw, root / "data" / "processed" / name, f"data/raw/{name}")
+    return root

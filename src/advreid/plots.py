@@ -24,6 +24,11 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
     return path
 
 
+def to_uint8_image(image) -> np.ndarray:
+    """A (3, H, W) float tensor in [0, 1] -> an (H, W, 3) uint8 array for drawing."""
+    return image.detach().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
 def image_grid(
     rows: Sequence[Sequence[np.ndarray]],
     path: str | os.PathLike,

@@ -25,14 +25,13 @@ from advreid.attacks.evaluation import (
     stack_references,
 )
 from advreid.attacks.objectives import feature_distance
-from advreid.data.registry import read_dataset
-from advreid.data.synthetic import DemoSpec, generate_demo
+from advreid.data.synthetic import DemoSpec
 from advreid.data.torch_data import ManifestImages, load_split
 from advreid.params import ParamsError
 from advreid.reid.metrics import evaluate_rank
 from advreid.stages import attack, attack_report, train_reid
-from advreid.stages.ingest import write_dataset
 from advreid.stages.train_reid import TrainSettings, load_trained_model
+from tests.fixtures_reid import write_demo_project
 
 CPU = torch.device("cpu")
 SIZE = (64, 32)
@@ -73,10 +72,7 @@ def _params() -> dict:
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project root with the processed demo domains and two trained models (small CNN, OSNet x0.25)."""
     root = tmp_path_factory.mktemp("attack")
-    generate_demo(root / "data" / "raw" / "demo_a", root / "data" / "raw" / "demo_b", SPEC, progress=False)
-    for name in ("demo_a", "demo_b"):
-        raw = read_dataset("market1501", root / "data" / "raw" / name, name=name, domain=name)
-        write_dataset(raw, root / "data" / "processed" / name, f"data/raw/{name}")
+    write_demo_project(root, SPEC)
     source = root / "data" / "processed" / "demo_a"
     for name, (arch, settings) in MODELS.items():
         trained = train_reid.train_reid(arch, settings, source, None, device=CPU, root=root)

@@ -14,8 +14,7 @@ import torch.multiprocessing as mp
 import yaml
 from PIL import Image
 
-from advreid.data.registry import read_dataset
-from advreid.data.synthetic import DemoSpec, generate_demo
+from advreid.data.synthetic import DemoSpec
 from advreid.device import cleanup_distributed, init_distributed
 from advreid.models.reid import build_reid_model
 from advreid.params import ParamsError
@@ -25,8 +24,8 @@ from advreid.reid.metrics import evaluate_rank
 from advreid.reid.ranked_list import MATCH_COLOUR, MISMATCH_COLOUR, border_colours, ranked_gallery
 from advreid.stages import eval_reid, train_reid
 from advreid.stages.eval_reid import EvalSettings, evaluate_domain
-from advreid.stages.ingest import write_dataset
 from advreid.stages.train_reid import TrainSettings, load_trained_model
+from tests.fixtures_reid import write_demo_project
 
 CPU = torch.device("cpu")
 SIZE = (64, 32)  # images are drawn at this size: nothing is resized
@@ -40,10 +39,7 @@ EVAL = EvalSettings(flip=False, rerank=False, batch_size=64)
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project root holding the synthetic source (demo_a) and target (demo_b) domains, raw and processed."""
     root = tmp_path_factory.mktemp("reid")
-    generate_demo(root / "data" / "raw" / "demo_a", root / "data" / "raw" / "demo_b", SPEC, progress=False)
-    for name in ("demo_a", "demo_b"):
-        raw = read_dataset("market1501", root / "data" / "raw" / name, name=name, domain=name)
-        write_dataset(raw, root / "data" / "processed" / name, f"data/raw/{name}")
+    write_demo_project(root, SPEC)
     return root
 
 

@@ -39,7 +39,7 @@ from advreid.data.torch_data import ManifestImages, load_split
 from advreid.device import select_device, set_threads
 from advreid.io import atomic_path, write_json, write_text
 from advreid.params import ParamsError, build, load_params
-from advreid.plots import image_grid, save_figure
+from advreid.plots import image_grid, save_figure, to_uint8_image
 from advreid.reid.features import extract_features
 from advreid.reid.metrics import RankResult, evaluate_rank
 from advreid.settings import apply_environment
@@ -314,8 +314,8 @@ def lambda_figure(
     for i in range(min(count, len(rows))):
         clean = query.images.image(int(rows[i]))
         adversarial = [outcome.images[i].float() / 255 for outcome in outcomes.values()]
-        grid.append([_uint8(clean), *(_uint8(a) for a in adversarial)])
-        grid.append([_uint8(0.5 + (a - clean) * (0.5 / max(eps, 1e-12))) for a in adversarial])
+        grid.append([to_uint8_image(clean), *(to_uint8_image(a) for a in adversarial)])
+        grid.append([to_uint8_image(0.5 + (a - clean) * (0.5 / max(eps, 1e-12))) for a in adversarial])
         labels += [f"query {int(rows[i])}", "perturbation"]
     # the perturbation rows are one image shorter: shift them under their adversarial images
     grid = [row if i % 2 == 0 else [np.full_like(row[0], 255), *row] for i, row in enumerate(grid)]
@@ -418,11 +418,6 @@ def _sweep(model, splits, params, sweep, settings, device, root: Path, run) -> i
             f"smoothness {cell['smoothness']:.3f}"
         )
     return 0
-
-
-def _uint8(image: Tensor) -> np.ndarray:
-    """(3, H, W) float in [0, 1] -> (H, W, 3) uint8 for drawing."""
-    return image.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
 if __name__ == "__main__":

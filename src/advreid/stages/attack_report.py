@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -29,7 +28,7 @@ from advreid.attacks.evaluation import ReIDSplit, rank_scores
 from advreid.device import select_device, set_threads
 from advreid.io import atomic_path, write_json, write_text
 from advreid.params import ParamsError, build, load_params
-from advreid.plots import image_grid, save_figure
+from advreid.plots import image_grid, save_figure, to_uint8_image
 from advreid.reid.metrics import evaluate_rank
 from advreid.settings import apply_environment
 from advreid.stages.attack import AttackParams, evenly_spaced, load_source
@@ -298,7 +297,7 @@ def sample_grid(model: str, result: dict[str, Any], root: Path, count: int, path
             clean = images.image(i)
             adversarial = saved["images"][i].float() / 255
             noise = 0.5 + (adversarial - clean) * (0.5 / max(metrics["eps"] / 255, 1e-12))
-            row += [_uint8(clean), _uint8(noise), _uint8(adversarial)]
+            row += [to_uint8_image(clean), to_uint8_image(noise), to_uint8_image(adversarial)]
         rows.append(row)
         labels.append(f"{cell}\n({saved['split']})")
     columns = ["clean", "perturbation", "adversarial"] * count
@@ -363,11 +362,6 @@ def main(argv: list[str] | None = None) -> int:
 def _number(key: str) -> float:
     """The number in a JSON key such as ``k7``, ``eps16`` or ``3000`` (JSON keys sort as text)."""
     return float(key.lstrip("keps"))
-
-
-def _uint8(image: Tensor) -> np.ndarray:
-    """(3, H, W) float in [0, 1] -> (H, W, 3) uint8 for drawing."""
-    return image.clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
 if __name__ == "__main__":

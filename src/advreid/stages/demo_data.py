@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from advreid.data.formats.classification import DIGITS_FILE, sklearn_digits_file
@@ -20,27 +20,17 @@ from advreid.plots import image_grid
 from advreid.settings import apply_environment
 
 
-@dataclass(frozen=True)
-class DemoParams:
-    num_train_ids: int
-    num_test_ids: int
-    cameras: int
-    images_per_camera: int
-    height: int = 128
-    width: int = 64
-
-
 def main(argv: list[str] | None = None) -> int:
     argparse.ArgumentParser(prog="advreid demo-data", description=__doc__.splitlines()[0]).parse_args(argv)
     root = apply_environment()
-    params = build(DemoParams, load_params("demo", root / "params.yaml"), "demo")
+    # the demo section plus the global seed is exactly the generator's DemoSpec (which validates itself)
     seed = load_params("seed", root / "params.yaml")
-    spec = DemoSpec(**asdict(params), seed=seed)
+    spec = build(DemoSpec, {**load_params("demo", root / "params.yaml"), "seed": seed}, "demo")
 
     from advreid.tracking.mlflow_run import stage_run
 
     raw = root / "data" / "raw"
-    with stage_run("demo_data", {**asdict(params), "seed": seed}) as run:
+    with stage_run("demo_data", asdict(spec)) as run:
         counts = generate_demo(raw / "demo_a", raw / "demo_b", spec)
         with atomic_path(raw / "digits", is_dir=True) as tmp:
             shutil.copyfile(sklearn_digits_file(), tmp / DIGITS_FILE)

@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
@@ -31,6 +30,7 @@ from advreid.data.torch_data import ManifestImages, load_split
 from advreid.device import select_device, set_threads
 from advreid.io import atomic_path, write_json, write_text
 from advreid.params import ParamsError, build, load_params
+from advreid.plots import to_uint8_image
 from advreid.reid.features import extract_features
 from advreid.reid.metrics import AP_CONVENTIONS, RankResult, evaluate_rank, pairwise_distance
 from advreid.reid.ranked_list import ranked_gallery, ranked_list_figure
@@ -185,8 +185,8 @@ def ranked_list(evaluations: list[DomainEvaluation], settings: EvalSettings, pat
             settings.top_k,
         )
         for row, query_index in enumerate(picks.tolist()):
-            queries.append(_uint8(ev.query.image(query_index)))
-            ranked.append([_uint8(ev.gallery.image(g)) for g in top[row].tolist()])
+            queries.append(to_uint8_image(ev.query.image(query_index)))
+            ranked.append([to_uint8_image(ev.gallery.image(g)) for g in top[row].tolist()])
             labels.append(f"{ev.name}\nid {int(q_labels[row])}")
         matches.append(hit)
     return ranked_list_figure(queries, ranked, torch.cat(matches), path, row_labels=labels, title=title)
@@ -243,11 +243,6 @@ def main(argv: list[str] | None = None) -> int:
             line += f" (re-ranked: rank-1 {block['rerank']['rank1']:.3f}, mAP {block['rerank']['mAP']:.3f})"
         print(line)
     return 0
-
-
-def _uint8(image: Tensor) -> np.ndarray:
-    """(3, H, W) float in [0, 1] -> (H, W, 3) uint8 for drawing."""
-    return image.mul(255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
 
 
 if __name__ == "__main__":
