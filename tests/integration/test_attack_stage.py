@@ -28,9 +28,10 @@ from advreid.attacks.objectives import feature_distance
 from advreid.data.synthetic import DemoSpec
 from advreid.data.torch_data import ManifestImages, load_split
 from advreid.params import ParamsError
+from advreid.reid.checkpoint import load_trained_model
 from advreid.reid.metrics import evaluate_rank
 from advreid.stages import attack, attack_report, train_reid
-from advreid.stages.train_reid import TrainSettings, load_trained_model
+from advreid.stages.train_reid import TrainSettings
 from tests.fixtures_reid import write_demo_project
 
 CPU = torch.device("cpu")

@@ -19,12 +19,13 @@ from advreid.device import cleanup_distributed, init_distributed
 from advreid.models.reid import build_reid_model
 from advreid.params import ParamsError
 from advreid.reid import ranked_list
+from advreid.reid.checkpoint import load_trained_model
 from advreid.reid.engine import LAST_CHECKPOINT
+from advreid.reid.evaluation import EvalSettings, domain_metrics, evaluate_domain
 from advreid.reid.metrics import evaluate_rank
 from advreid.reid.ranked_list import MATCH_COLOUR, MISMATCH_COLOUR, border_colours, ranked_gallery
 from advreid.stages import eval_reid, train_reid
-from advreid.stages.eval_reid import EvalSettings, evaluate_domain
-from advreid.stages.train_reid import TrainSettings, load_trained_model
+from advreid.stages.train_reid import TrainSettings
 from tests.fixtures_reid import write_demo_project
 
 CPU = torch.device("cpu")
@@ -129,7 +130,7 @@ def test_source_to_target_is_clearly_worse_than_source_to_source(project):
         trained.model, processed / "demo_a", replace(EVAL, single_shot_repeats=3), SIZE, device=CPU, root=project
     )
     assert single.result.mAP == pytest.approx(source.result.mAP, abs=1e-6)
-    assert eval_reid.domain_metrics(single, replace(EVAL, single_shot_repeats=3), "source")["cmc"] == "single-shot x3"
+    assert domain_metrics(single, replace(EVAL, single_shot_repeats=3), "source")["cmc"] == "single-shot x3"
 
 
 def test_ranked_gallery_skips_the_query_camera_and_junk():

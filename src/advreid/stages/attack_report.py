@@ -29,11 +29,11 @@ from advreid.device import select_device, set_threads
 from advreid.io import atomic_path, write_json, write_text
 from advreid.params import ParamsError, build, load_params
 from advreid.plots import image_grid, save_figure, to_uint8_image
+from advreid.reid.checkpoint import ReIDParams, load_trained_model, model_entry
+from advreid.reid.evaluation import EvalSettings
 from advreid.reid.metrics import evaluate_rank
 from advreid.settings import apply_environment
 from advreid.stages.attack import AttackParams, evenly_spaced, load_source
-from advreid.stages.eval_reid import EvalSettings
-from advreid.stages.train_reid import ReIDParams, load_trained_model, model_entry
 
 SCORES = ("rank1", "rank5", "rank10", "mAP")
 

@@ -27,9 +27,8 @@ import io
 import json
 import pickle
 import sys
-import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -51,8 +50,9 @@ from advreid.device import (
     wrap_distributed,
 )
 from advreid.io import write_json, write_text
-from advreid.models.reid import REID_MODELS, ReIDModel, build_reid_model
+from advreid.models.reid import ReIDModel, build_reid_model
 from advreid.params import ParamsError, build, load_params
+from advreid.reid.checkpoint import ReIDParams, model_entry
 from advreid.reid.engine import (
     LAST_CHECKPOINT,
     SCHEDULES,
@@ -66,27 +66,6 @@ from advreid.settings import apply_environment
 
 OPTIMIZERS = ("adam", "sgd")
 CURVE_COLUMNS = ("epoch", "loss", "loss_ce", "loss_triplet", "acc", "lr")
-MODEL_KEYS = ("arch", "train", "eval")
-
-
-@dataclass(frozen=True)
-class ReIDParams:
-    """The ``reid`` section: domains, device, CPU threads (0: torch's default) and the models by name."""
-
-    source: str
-    targets: tuple[str, ...]
-    models: dict = field(default_factory=dict)
-    device: str = "auto"
-    threads: int = 0
-
-    def check(self) -> ReIDParams:
-        if self.source in self.targets:
-            raise ParamsError(f"reid.targets: the source domain '{self.source}' cannot also be a target")
-        if not self.models:
-            raise ParamsError("reid.models: name at least one model")
-        if self.threads < 0:
-            raise ParamsError(f"reid.threads: must be >= 0 (0 = torch's default), got {self.threads}")
-        return self
 
 
 @dataclass(frozen=True)
@@ -130,22 +109,6 @@ class TrainSettings:
         if self.lr <= 0 or self.weight_decay < 0 or self.pad < 0 or self.num_workers < 0:
             raise ParamsError(f"{where}: need lr > 0, weight_decay >= 0, pad >= 0, num_workers >= 0")
         return self
-
-
-def model_entry(models: dict, name: str) -> dict[str, Any]:
-    """``reid.models.<name>`` checked: ``arch`` a registered backbone, ``train`` / ``eval`` mappings."""
-    if name not in models:
-        raise ParamsError(f"params.yaml: reid.models has no '{name}'; known: {sorted(models)}")
-    entry = models[name]
-    where = f"reid.models.{name}"
-    if not isinstance(entry, dict) or "arch" not in entry:
-        raise ParamsError(f"{where}: expected a mapping with an 'arch' key, got {entry!r}")
-    unknown = sorted(set(entry) - set(MODEL_KEYS))
-    if unknown:
-        raise ParamsError(f"{where}: unknown key(s) {unknown}; valid keys: {list(MODEL_KEYS)}")
-    if entry["arch"] not in REID_MODELS:
-        raise ParamsError(f"{where}.arch: unknown backbone {entry['arch']!r}; valid: {sorted(REID_MODELS)}")
-    return entry
 
 
 class ReIDAugment:
@@ -278,24 +241,6 @@ def write_outputs(trained: TrainedModel, model_path: Path, curve_path: Path, met
     }
     write_json(metrics_path, metrics)
     return metrics
-
-
-def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[ReIDModel, dict[str, Any]]:
-    """The model saved by this stage (``model.pt``), in eval mode on ``device``, and its ``meta``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run the train_reid stage for this model first")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    meta = checkpoint.get("meta") or {}
-    missing = [key for key in ("arch", "num_classes", "height", "width") if key not in meta]
-    if missing:
-        raise ValueError(f"{path}: not a train_reid model file (meta lacks {missing})")
-    with warnings.catch_warnings():
-        # the trained weights replace the initialisation at once; "starts from scratch" would mislead
-        warnings.filterwarnings("ignore", message=".*no pretrained_path given.*")
-        model = build_reid_model(meta["arch"], meta["num_classes"])
-    model.load_state_dict(checkpoint["model"])
-    return model.to(device).eval(), meta
 
 
 def main(argv: list[str] | None = None) -> int:
