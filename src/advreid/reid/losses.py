@@ -50,6 +50,36 @@ def batch_hard_triplet_loss(features: Tensor, labels: Tensor, margin: float = 0.
             f"and {tuple(labels.shape)}"
         )
     dist = euclidean_distance_matrix(_at_least_float32(features))
+    positive, negative, valid = _triplet_masks(labels, "batch_hard_triplet_loss")
+    hardest_positive = dist.masked_fill(~positive, float("-inf")).amax(1)
+    hardest_negative = dist.masked_fill(~negative, float("inf")).amin(1)
+    gap = (hardest_positive - hardest_negative)[valid]
+    if soft_margin:
+        return F.softplus(gap).mean()
+    return F.relu(gap + margin).mean()
+
+
+def batch_hard_indices(features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The batch-hard triplets of :func:`batch_hard_triplet_loss`, as indices (no gradient flows through them).
+
+    Returns (positive, negative, valid): for each anchor the index of its farthest positive and of its closest
+    negative by Euclidean distance, each (B,) long, and the (B,) mask of anchors that have both.
+    """
+    if features.ndim != 2 or labels.shape != features.shape[:1]:
+        raise ValueError(
+            f"batch_hard_indices: features must be (B, D) and labels (B,), got {tuple(features.shape)} "
+            f"and {tuple(labels.shape)}"
+        )
+    positive, negative, valid = _triplet_masks(labels, "batch_hard_indices")
+    with torch.no_grad():
+        dist = euclidean_distance_matrix(_at_least_float32(features))
+        hardest_positive = dist.masked_fill(~positive, float("-inf")).argmax(1)
+        hardest_negative = dist.masked_fill(~negative, float("inf")).argmin(1)
+    return hardest_positive, hardest_negative, valid
+
+
+def _triplet_masks(labels: Tensor, caller: str) -> tuple[Tensor, Tensor, Tensor]:
+    """(B, B) positive (same label, not self) and negative masks, and the (B,) anchors having both."""
     same = labels.unsqueeze(0) == labels.unsqueeze(1)  # (B, B)
     not_self = ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
     positive = same & not_self
@@ -57,15 +87,10 @@ def batch_hard_triplet_loss(features: Tensor, labels: Tensor, margin: float = 0.
     valid = positive.any(1) & negative.any(1)
     if not valid.any():
         raise ValueError(
-            "batch_hard_triplet_loss: no anchor has both a positive and a negative in the batch "
+            f"{caller}: no anchor has both a positive and a negative in the batch "
             "(labels need at least 2 identities with at least 2 images each, e.g. a P x K batch with K >= 2)"
         )
-    hardest_positive = dist.masked_fill(~positive, float("-inf")).amax(1)
-    hardest_negative = dist.masked_fill(~negative, float("inf")).amin(1)
-    gap = (hardest_positive - hardest_negative)[valid]
-    if soft_margin:
-        return F.softplus(gap).mean()
-    return F.relu(gap + margin).mean()
+    return positive, negative, valid
 
 
 def vanilla_reid_loss(

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from advreid.reid.losses import (
+    batch_hard_indices,
     batch_hard_triplet_loss,
     cross_entropy_label_smoothing,
     euclidean_distance_matrix,
@@ -99,3 +100,16 @@ def test_vanilla_loss_is_sum_of_terms() -> None:
     torch.testing.assert_close(ce, cross_entropy_label_smoothing(logits, labels, 0.1))
     torch.testing.assert_close(tri, batch_hard_triplet_loss(feats, labels, 0.3))
     torch.testing.assert_close(total, ce + tri)
+
+
+def test_batch_hard_indices_pick_the_triplets_of_the_loss():
+    # 1-D points: identity 0 at 0 and 3, identity 1 at 4 and 10; distances by hand
+    features = torch.tensor([[0.0], [3.0], [4.0], [10.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    positive, negative, valid = batch_hard_indices(features, labels)
+    assert positive.tolist() == [1, 0, 3, 2]
+    assert negative.tolist() == [2, 2, 1, 1]  # closest other-identity point of each anchor
+    assert valid.all()
+    gathered = (features - features[positive]).norm(dim=1) - (features - features[negative]).norm(dim=1)
+    expected = torch.relu(gathered + 0.3).mean()
+    assert torch.allclose(batch_hard_triplet_loss(features, labels, margin=0.3), expected)
