@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +43,15 @@ class GANParams:
     main_run: str = "ipes_gan"
     eval: dict = field(default_factory=dict)
     grid_rows: int = 6
+    eval_images: int = 64  # source images translated for MMD / SSIM / the grid (evenly spaced; also target images)
     device: str = "auto"
     threads: int = 1
 
     def check(self) -> GANParams:
         if self.source == self.target:
             raise ParamsError(f"gan.target: must differ from gan.source ('{self.source}')")
+        if self.eval_images < 2 or self.grid_rows < 1:
+            raise ParamsError("gan: need eval_images >= 2 and grid_rows >= 1")
         if not self.seeds:
             raise ParamsError("gan.seeds: name at least one seed")
         for name in (self.main_run, *self.demo_runs):
@@ -163,6 +166,19 @@ def train_run(params: GANParams, run: str, arch: str, root: Path, device: torch.
     return metrics
 
 
+def subset(domain: DomainImages, count: int) -> DomainImages:
+    """``count`` evenly spaced images of ``domain`` (all when it has fewer)."""
+    rows = torch.linspace(0, len(domain) - 1, min(count, len(domain))).round().long()
+    labels = domain.labels[rows] if domain.labels is not None else None
+    return replace(
+        domain,
+        images=domain.images[rows],
+        cameras=domain.cameras[rows],
+        keypoints=domain.keypoints[rows],
+        labels=labels,
+    )
+
+
 def load_generator(path: Path, device: torch.device) -> tuple[Generator, GANSettings]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run the train_gan stage for this run first")
@@ -204,7 +220,7 @@ def evaluate_runs(params: GANParams, root: Path, device: torch.device, grid_path
             )
             generator, settings = load_generator(seed_dir / "generator.pt", device)
             if source is None:
-                source, target = load_domains(params, settings, root)
+                source, target = (subset(d, params.eval_images) for d in load_domains(params, settings, root))
                 metrics["mmd"] = {
                     "target_source": domain_mmd(teacher, target.images.float() / 255, source.images.float() / 255)
                 }

@@ -33,11 +33,14 @@ class NetworkSizes:
     decoder_kernel: int = 5  # of the two upsampling convolutions (DG-Net: 5)
 
 
-def _conv(c_in: int, c_out: int, kernel: int, stride: int = 1, dilation: int = 1, norm: str = "in") -> nn.Sequential:
+def _conv(
+    c_in: int, c_out: int, kernel: int, stride: int = 1, dilation: int = 1, norm: str = "in", pad: str = "reflect"
+) -> nn.Sequential:
+    # reflect padding as DG-Net; zeros for ASPP's dilated branches and the style encoder's last layers, whose
+    # padding can exceed a small map (the style encoder downsamples 32x)
+    mode = pad if dilation == 1 else "zeros"
     layers: list[nn.Module] = [
-        nn.Conv2d(
-            c_in, c_out, kernel, stride, padding=dilation * (kernel // 2), dilation=dilation, padding_mode="reflect"
-        )
+        nn.Conv2d(c_in, c_out, kernel, stride, padding=dilation * (kernel // 2), dilation=dilation, padding_mode=mode)
     ]
     if norm == "in":
         layers.append(nn.InstanceNorm2d(c_out, affine=True))
@@ -100,12 +103,12 @@ class StyleEncoder(nn.Module):
         super().__init__()
         w = sizes.style_width
         self.net = nn.Sequential(
-            _conv(3, w, 3, stride=2, norm="none"),
-            _conv(w, w, 3, norm="none"),
-            _conv(w, 2 * w, 3, stride=2, norm="none"),
-            _conv(2 * w, 4 * w, 3, stride=2, norm="none"),
-            _conv(4 * w, 4 * w, 3, stride=2, norm="none"),
-            _conv(4 * w, 4 * w, 3, stride=2, norm="none"),
+            _conv(3, w, 3, stride=2, norm="none", pad="zeros"),
+            _conv(w, w, 3, norm="none", pad="zeros"),
+            _conv(w, 2 * w, 3, stride=2, norm="none", pad="zeros"),
+            _conv(2 * w, 4 * w, 3, stride=2, norm="none", pad="zeros"),
+            _conv(4 * w, 4 * w, 3, stride=2, norm="none", pad="zeros"),
+            _conv(4 * w, 4 * w, 3, stride=2, norm="none", pad="zeros"),
             nn.AdaptiveAvgPool2d(1),
             nn.Conv2d(4 * w, sizes.style_dim, 1),
         )
