@@ -215,7 +215,7 @@ def train_ipes_gan(
         total=settings.max_iter,
     ) as bar:
         for it in bar:
-            record = _iteration(
+            record = train_iteration(
                 settings, source, target, seed, it, generator, discriminator, identity, teacher, optimizers, device
             )
             if (it + 1) % settings.log_every == 0 or it + 1 == settings.max_iter:
@@ -236,7 +236,10 @@ def train_ipes_gan(
     return TrainedGAN(generator, discriminator, identity, history, start, seconds, fingerprint)
 
 
-def _iteration(settings, source, target, seed, it, generator, discriminator, identity, teacher, optimizers, device):
+def train_iteration(
+    settings, source, target, seed, it, generator, discriminator, identity, teacher, optimizers, device
+):
+    """One iteration: the forward pass, a D step on the detached generated images, then the G / E_id step."""
     batch = make_batch(source, target, settings, seed, it)
     batch = GANBatch(*(getattr(batch, f).to(device) for f in GANBatch.__dataclass_fields__))
     weight = ramp_weight(it + 1, settings.ramp_start, settings.ramp_length, settings.ramp_max)
