@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from advreid.data.torch_data import dataset_info
 from advreid.gan.data import DomainImages, load_domain
 from advreid.gan.evaluation import cycle_ssim, domain_mmd, translate_domains, translation_grid
 from advreid.gan.networks import Generator
@@ -102,12 +103,13 @@ def train_run(params: GANParams, run: str, arch: str, root: Path, device: torch.
     teacher, teacher_meta = load_teacher(teacher_path, arch, (settings.height, settings.width), params.source)
     source, target = load_domains(params, settings, root)
     out_dir = root / "models" / "gan" / run
+    processed, domains = root / "data" / "processed", (params.source, params.target)
     extra = {
         "teacher_sha256": sha256_file(teacher_path),
         "source": params.source,
         "target": params.target,
-        "source_images": int(source.images.sum()),
-        "target_images": int(target.images.sum()),
+        **{f"{d}_train_sha256": dataset_info(processed / d)["splits"]["train"]["sha256"] for d in domains},
+        **{f"{d}_pose_sha256": sha256_file(processed / "pose" / f"{d}.parquet") for d in domains},
     }
     rows, metrics = [], {"run": run, "seeds": {}}
     trained = {}
