@@ -3,6 +3,7 @@ annotations), a small_cnn teacher ``models/reid/<name>/model.pt`` and a params.y
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,9 @@ def write_pose_table(root: Path, name: str) -> Path:
 
 def write_teacher(root: Path, name: str, arch: str, num_classes: int, size: tuple[int, int]) -> Path:
     torch.manual_seed(0)
-    model = build_reid_model(arch, num_classes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights are the point: "starts from scratch"
+        model = build_reid_model(arch, num_classes)
     meta = {
         "arch": arch,
         "num_classes": num_classes,
