@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval-reid": ("advreid.stages.eval_reid", "CMC / mAP / mINP of one Re-ID model on source and target domains"),
     "attack": ("advreid.stages.attack", "attacks x budgets on one Re-ID model (--sweep: WMA lambda / kernel sweeps)"),
     "attack-report": ("advreid.stages.attack_report", "chapter-4 tables 4.1-4.6, cross-model transfer, attack figures"),
+    "train-gan": ("advreid.stages.train_gan", "train one IPES-GAN run (main model or ablation), every seed"),
+    "eval-gan": ("advreid.stages.eval_gan", "IPES-GAN vs direct transfer on the target; MMD, SSIM, tables"),
     "profile": ("advreid.profile", "print `dvc exp run -S` arguments applying an override file (params.thesis.yaml)"),
     "where": ("advreid.stages.where", "print where results, plots and the MLflow database are, and how to browse them"),
 }
