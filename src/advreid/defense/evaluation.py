@@ -1,0 +1,217 @@
+"""Clean and attacked CMC / mAP of a (stochastic) defended Re-ID model (thesis 5.3.1-5.3.3), adaptively:
+
+* white-box with the noise on, each gradient EOT-averaged over ``eot_samples`` draws (WMA, thesis Algorithm 1,
+  takes no EOT: one draw per step);
+* transfer: adversarial images made on the vanilla model, scored on the defense;
+* every score is the mean +- std over ``draws`` evaluation draws (fresh noise for the gallery, the clean queries
+  and the adversarial images); a deterministic model is scored once;
+* a gradient-masking check: white-box PGD rank-1 against eps up to 64/255 must fall towards 0, and white-box
+  must not be weaker than transfer.
+
+The attacks are :func:`advreid.attacks.evaluation.attack_split`, the same optimisers, objectives and 8-bit
+rounding as the attack stage; the attacker's reference features (the objectives' gallery / clean features) are one
+stochastic pass of the defended model.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from advreid.attacks.evaluation import AttackConfig, ReIDSplit, attack_split
+from advreid.defense.noise import StochasticReIDModel
+from advreid.reid.metrics import evaluate_rank
+from advreid.reid.reranking import k_reciprocal_rerank
+
+
+@dataclass(frozen=True)
+class AttackCell:
+    """One attack at one budget (eps, step in [0, 1] pixel units); ``rerank`` also scores with re-ranking."""
+
+    name: str
+    config: AttackConfig
+    eps: float
+    step: float
+    steps: int
+    rerank: bool = False
+    transfer: bool = False  # made on the vanilla model
+
+
+@dataclass(frozen=True)
+class ScoringSettings:
+    """How a defense is scored: evaluation draws, EOT draws per attack step, query subset, re-ranking."""
+
+    draws: int = 5
+    eot_samples: int = 10
+    batch_size: int = 64
+    seed: int = 0
+    metric: str = "euclidean"
+    ap_convention: str = "noninterp"
+    k1: int = 20
+    k2: int = 6
+    lambda_value: float = 0.3
+
+    def check(self, where: str) -> ScoringSettings:
+        if self.draws < 1 or self.eot_samples < 1 or self.batch_size < 1:
+            raise ValueError(f"{where}: draws, eot_samples and batch_size must be >= 1")
+        return self
+
+
+class TensorImages:
+    """Images held in memory, served like :class:`advreid.data.torch_data.ManifestImages` (``image(i)``)."""
+
+    def __init__(self, images: Tensor):
+        self.images = images
+
+    def image(self, index: int) -> Tensor:
+        return self.images[index]
+
+
+@dataclass
+class Split:
+    """Clean images (N, 3, H, W) in [0, 1] with their labels and cameras (N,)."""
+
+    images: Tensor
+    labels: Tensor
+    cameras: Tensor
+
+
+def is_stochastic(model: StochasticReIDModel) -> bool:
+    return bool(model.noise_modules())
+
+
+def embed_draw(model: StochasticReIDModel, images: Tensor, seed: int, batch_size: int, device: torch.device) -> Tensor:
+    """Eval-mode features (N, D) on the CPU, every noise drawn from a generator seeded with ``seed``."""
+    model.eval()
+    model.set_generator(torch.Generator(device=device).manual_seed(seed))
+    try:
+        with torch.no_grad():
+            return torch.cat([model(b.to(device)).float().cpu() for b in images.split(batch_size)])
+    finally:
+        model.set_generator(None)
+
+
+def attack_cells(
+    model: StochasticReIDModel,
+    vanilla: StochasticReIDModel,
+    query: Split,
+    gallery: Split,
+    query_rows: Tensor,
+    cells: list[AttackCell],
+    settings: ScoringSettings,
+    device: torch.device,
+) -> dict[str, dict[str, Any]]:
+    """Score ``clean`` and every cell; {cell: {rank1, mAP, rank1_std, mAP_std, draws[, rank1_rerank, ...]}}."""
+    stochastic = is_stochastic(model)
+    draws = settings.draws if stochastic else 1
+    embed = {"batch_size": settings.batch_size, "device": device}
+    reference_seed = settings.seed * 1_000_003
+    attacked_model = {
+        False: _splits(model, query, gallery, reference_seed, embed),
+        True: _splits(vanilla, query, gallery, reference_seed, embed) if any(c.transfer for c in cells) else None,
+    }
+    gallery_draws = [embed_draw(model, gallery.images, reference_seed + 1 + r, **embed) for r in range(draws)]
+    query_draws = [embed_draw(model, query.images[query_rows], reference_seed + 101 + r, **embed) for r in range(draws)]
+    rerank = any(cell.rerank for cell in cells)
+    results = {"clean": _score(query_draws, gallery_draws, query, gallery, query_rows, settings, rerank)}
+    options = {"metric": settings.metric, "ap_convention": settings.ap_convention, "batch_size": settings.batch_size}
+    for index, cell in enumerate(tqdm(cells, desc="defense cells", unit="cell", disable=not sys.stderr.isatty())):
+        config = cell.config
+        if stochastic and not cell.transfer and config.method != "wma":
+            config = replace(config, eot_samples=max(config.eot_samples, settings.eot_samples))
+        source = vanilla if cell.transfer else model
+        splits = attacked_model[cell.transfer]
+        side = config.side
+        rows = query_rows if side == "query" else _gallery_rows(query, gallery, query_rows)
+        outcome = attack_split(
+            source, config, splits, eps=cell.eps, step=cell.step, steps=cell.steps, device=device,
+            seed=settings.seed, rows=rows, **options,
+        )  # fmt: skip
+        adversarial = outcome.images.float() / 255
+        seeds = [reference_seed + 10_000 * (index + 1) + r for r in range(draws)]
+        adv_draws = [embed_draw(model, adversarial, s, **embed) for s in seeds]
+        if side == "query":
+            scored = _score(adv_draws, gallery_draws, query, gallery, query_rows, settings, cell.rerank)
+        else:
+            replaced = []
+            for g, a in zip(gallery_draws, adv_draws, strict=True):
+                g = g.clone()
+                g[rows] = a
+                replaced.append(g)
+            scored = _score(query_draws, replaced, query, gallery, query_rows, settings, cell.rerank)
+        results[cell.name] = {**scored, "eps": cell.eps * 255, "steps": cell.steps, "eot_samples": config.eot_samples,
+                              "transfer": cell.transfer, "seconds": outcome.seconds}  # fmt: skip
+    return results
+
+
+def masking_check(
+    results: dict[str, dict[str, Any]], sweep: dict[float, str], whitebox: str, transfer: str | None,
+    max_rank1: float, tolerance: float,
+) -> dict[str, Any]:  # fmt: skip
+    """The gradient-masking sanity check: ``sweep`` maps eps (1/255) to its white-box cell; the largest eps must
+    bring rank-1 to at most ``max_rank1``, and the ``whitebox`` cell must not score above the ``transfer`` cell by
+    more than ``tolerance`` (rank-1 fraction)."""
+    largest = max(sweep)
+    final = results[sweep[largest]]["rank1"]
+    check: dict[str, Any] = {
+        "eps_max": largest,
+        "rank1_at_eps_max": final,
+        "falls_to_zero": bool(final <= max_rank1),
+    }
+    if transfer is not None:
+        w, t = results[whitebox]["rank1"], results[transfer]["rank1"]
+        check.update(whitebox_rank1=w, transfer_rank1=t, whitebox_not_weaker=bool(w <= t + tolerance))
+    check["passed"] = bool(check["falls_to_zero"] and check.get("whitebox_not_weaker", True))
+    return check
+
+
+def _splits(model, query: Split, gallery: Split, seed: int, embed: dict) -> dict[str, ReIDSplit]:
+    return {
+        "query": ReIDSplit(TensorImages(query.images), embed_draw(model, query.images, seed, **embed), query.labels,
+                           query.cameras),
+        "gallery": ReIDSplit(TensorImages(gallery.images), embed_draw(model, gallery.images, seed + 7, **embed),
+                             gallery.labels, gallery.cameras),
+    }  # fmt: skip
+
+
+def _gallery_rows(query: Split, gallery: Split, query_rows: Tensor) -> Tensor:
+    """AMA's attacked gallery rows: the gallery images of the identities of the scored queries."""
+    identities = torch.unique(query.labels[query_rows])
+    return torch.nonzero(torch.isin(gallery.labels, identities)).flatten()
+
+
+def _score(
+    query_draws: list[Tensor],
+    gallery_draws: list[Tensor],
+    query: Split,
+    gallery: Split,
+    query_rows: Tensor,
+    settings: ScoringSettings,
+    rerank: bool,
+) -> dict[str, Any]:
+    options = {"ap_convention": settings.ap_convention}
+    labels = (query.labels[query_rows], gallery.labels, query.cameras[query_rows], gallery.cameras)
+    scores: dict[str, list[float]] = {"rank1": [], "mAP": [], "rank1_rerank": [], "mAP_rerank": []}
+    for qf, gf in zip(query_draws, gallery_draws, strict=True):
+        result = evaluate_rank(qf, gf, *labels, metric=settings.metric, **options)
+        scores["rank1"].append(result.rank(1))
+        scores["mAP"].append(result.mAP)
+        if rerank:
+            distance = k_reciprocal_rerank(
+                qf, gf, settings.k1, settings.k2, settings.lambda_value, metric=settings.metric
+            )
+            reranked = evaluate_rank(qf, gf, *labels, distance_fn=distance, **options)
+            scores["rank1_rerank"].append(reranked.rank(1))
+            scores["mAP_rerank"].append(reranked.mAP)
+    out: dict[str, Any] = {"draws": len(query_draws)}
+    for key, values in scores.items():
+        if values:
+            out[key] = float(np.mean(values))
+            out[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return out
