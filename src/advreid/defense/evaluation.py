@@ -215,3 +215,106 @@ def _score(
             out[key] = float(np.mean(values))
             out[f"{key}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
     return out
+
+
+@dataclass(frozen=True)
+class EvalProtocol:
+    """The evaluation of every chapter-5 model (params ``defense.eval``): ``attacks`` (name -> AttackConfig
+    fields) at every budget of ``budgets`` (name -> eps, step in 1/255, steps, rerank), the ``transfer`` attacks
+    also made on the vanilla model at ``transfer_budget``, the masking sweep (``sweep_attack`` at each eps of
+    ``sweep_eps`` with ``sweep_steps`` steps of 2.5 eps / steps, Madry et al.'s rule) and ``queries`` evenly
+    spaced queries (0: all)."""
+
+    attacks: dict
+    budgets: dict
+    transfer: tuple[str, ...] = ("pgd",)
+    transfer_budget: str = "eps8"
+    sweep_attack: str = "pgd"
+    sweep_eps: tuple[float, ...] = (2.0, 8.0, 16.0, 32.0, 64.0)
+    sweep_steps: int = 7
+    masking_max_rank1: float = 0.1
+    masking_tolerance: float = 0.02
+    queries: int = 0
+    scoring: dict | None = None  # ScoringSettings fields
+
+    def check(self, where: str) -> EvalProtocol:
+        for name, budget in self.budgets.items():
+            if set(budget) - {"eps", "step", "steps", "rerank"} or not {"eps", "step", "steps"} <= set(budget):
+                raise ValueError(f"{where}.budgets.{name}: needs eps, step, steps (and optional rerank), got {budget}")
+            if budget["eps"] < 0 or budget["step"] < 0 or budget["steps"] < 1:
+                raise ValueError(f"{where}.budgets.{name}: need eps >= 0, step >= 0, steps >= 1, got {budget}")
+        for name in (*self.transfer, self.sweep_attack):
+            if name not in self.attacks:
+                raise ValueError(f"{where}: attack {name!r} is not in {where}.attacks {sorted(self.attacks)}")
+        if self.transfer_budget not in self.budgets:
+            raise ValueError(f"{where}.transfer_budget: {self.transfer_budget!r} is not in {sorted(self.budgets)}")
+        if not self.sweep_eps or min(self.sweep_eps) < 0 or self.sweep_steps < 1 or self.queries < 0:
+            raise ValueError(f"{where}: need non-negative sweep_eps, sweep_steps >= 1 and queries >= 0")
+        for name in self.attacks:
+            self.config(name, where)
+        self.scoring_settings().check(f"{where}.scoring")
+        return self
+
+    def config(self, name: str, where: str = "defense.eval") -> AttackConfig:
+        return AttackConfig(**self.attacks[name]).check(f"{where}.attacks.{name}")
+
+    def scoring_settings(self) -> ScoringSettings:
+        return ScoringSettings(**(self.scoring or {}))
+
+    def cells(self, stochastic: bool) -> tuple[list[AttackCell], dict[float, str]]:
+        """Every attack x budget, the transfer cells (stochastic models only) and the sweep; and eps -> sweep cell."""
+        cells = []
+        for budget_name, b in self.budgets.items():
+            for name in self.attacks:
+                cells.append(AttackCell(f"{name}-{budget_name}", self.config(name), b["eps"] / 255, b["step"] / 255,
+                                        b["steps"], bool(b.get("rerank", False))))  # fmt: skip
+        if stochastic:
+            b = self.budgets[self.transfer_budget]
+            for name in self.transfer:
+                cells.append(AttackCell(f"transfer_{name}-{self.transfer_budget}", self.config(name), b["eps"] / 255,
+                                        b["step"] / 255, b["steps"], transfer=True))  # fmt: skip
+        sweep = {}
+        for eps in self.sweep_eps:
+            name = f"sweep_{self.sweep_attack}-eps{eps:g}"
+            step = 2.5 * eps / self.sweep_steps / 255
+            cells.append(AttackCell(name, self.config(self.sweep_attack), eps / 255, step, self.sweep_steps))
+            sweep[float(eps)] = name
+        return cells, sweep
+
+
+def evenly_spaced(count: int, total: int) -> Tensor:
+    """``count`` evenly spaced indices of ``range(total)`` (all of them when count is 0 or >= total)."""
+    if count == 0 or count >= total:
+        return torch.arange(total)
+    return torch.linspace(0, total - 1, count).round().long().unique()
+
+
+def evaluate_defense(
+    model: StochasticReIDModel,
+    vanilla: StochasticReIDModel,
+    query: Split,
+    gallery: Split,
+    protocol: EvalProtocol,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Clean, white-box, transfer and sweep cells of ``model`` and its gradient-masking check (the metrics JSON)."""
+    stochastic = is_stochastic(model)
+    cells, sweep = protocol.cells(stochastic)
+    rows = evenly_spaced(protocol.queries, len(query.labels))
+    results = attack_cells(model, vanilla, query, gallery, rows, cells, protocol.scoring_settings(), device)
+    whitebox = f"{protocol.sweep_attack}-{protocol.transfer_budget}"
+    transfer = f"transfer_{protocol.sweep_attack}-{protocol.transfer_budget}" if stochastic else None
+    if transfer is not None and transfer not in results:
+        transfer = None
+    masking = masking_check(
+        results, sweep, whitebox if whitebox in results else sweep[max(sweep)], transfer,
+        protocol.masking_max_rank1, protocol.masking_tolerance,
+    )  # fmt: skip
+    return {
+        "stochastic": stochastic,
+        "queries": len(rows),
+        "gallery": len(gallery.labels),
+        "cells": results,
+        "sweep": {f"{eps:g}": results[name]["rank1"] for eps, name in sweep.items()},
+        "masking": masking,
+    }

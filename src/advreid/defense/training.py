@@ -12,7 +12,7 @@ import hashlib
 import json
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from advreid.defense.meta import (
 )
 from advreid.defense.noise import NoiseConfig, StochasticReIDModel, build_stochastic_model
 from advreid.models.reid import build_reid_model
+from advreid.params import ParamsError, build
 from advreid.reid.checkpoint import load_trained_model
 from advreid.reid.engine import LAST_CHECKPOINT, ReIDEngine, save_checkpoint, seed_everything, train
 
@@ -112,6 +113,31 @@ class DefenseSettings:
         return PGDSettings(self.pgd_eps / 255, self.pgd_step / 255, self.pgd_steps, self.pgd_random_start)
 
 
+@dataclass(frozen=True)
+class DefenseParams:
+    """The ``defense`` section: the vanilla model, the defenses (train and evaluate lists), settings."""
+
+    model: str
+    defenses: tuple[str, ...]
+    evaluate: dict = field(default_factory=dict)  # name -> model file (vanilla: the train_reid model)
+    train: dict = field(default_factory=dict)
+    variants: dict = field(default_factory=dict)
+    eval: dict = field(default_factory=dict)
+    report: dict = field(default_factory=dict)
+
+    def settings(self, name: str) -> DefenseSettings:
+        if name not in self.defenses or name not in self.variants:
+            raise ParamsError(f"defense: unknown defense {name!r}; defense.defenses: {list(self.defenses)}")
+        where = f"defense.variants.{name}"
+        values = {**self.train, **self.variants[name]}
+        try:
+            return build(DefenseSettings, values, where).check(where)
+        except ParamsError:
+            raise
+        except ValueError as err:
+            raise ParamsError(str(err)) from err
+
+
 def build_optimizer(model: StochasticReIDModel, settings: DefenseSettings) -> torch.optim.SGD:
     """SGD with the two groups of Algorithm 2: (theta, phi_a) at alpha, phi at beta (weight decay on both)."""
     theta_phi_a, phi = parameter_groups(model)
@@ -126,16 +152,16 @@ def build_optimizer(model: StochasticReIDModel, settings: DefenseSettings) -> to
 class DefenseEngine(ReIDEngine):
     """:class:`ReIDEngine` whose step is the defense's: PGD-AT, Algorithm 2 on L_Tot, or Algorithm 3."""
 
-    def __init__(self, model, optimizer, scheduler=None, *, device, defense: DefenseSettings, sampler, **kw):
-        super().__init__(model, optimizer, scheduler, device=device, amp=False, **kw)
-        self.defense, self.sampler = defense, sampler
+    def __init__(self, model, optimizer, scheduler=None, *, device, defense: DefenseSettings, epoch_source, **kw):
+        super().__init__(model, optimizer, scheduler, device=device, **kw)
+        self.defense, self.epoch_source = defense, epoch_source
 
     def forward_backward(self, batch: Sequence[Any]) -> dict[str, float]:
         model, settings = self.model, self.defense
         images = batch[0].to(self.device)
         labels = batch[1].to(self.device)
         loss_settings, pgd = settings.loss(), settings.pgd()
-        epoch = self.sampler.epoch + 1  # tau_e of r(phi): the 1-based current epoch
+        epoch = self.epoch_source.epoch + 1  # tau_e of r(phi): the 1-based current epoch
         if settings.method == "mp_snn":
             task = TASKS[int(torch.randint(len(TASKS), ()))]  # Algorithm 3 step 2, from the checkpointed generator
             meta_batch = make_meta_batch(model, images, labels, task, pgd)
@@ -235,7 +261,7 @@ def train_defense(
         engine_cls=DefenseEngine,
         meta=meta,
         defense=settings,
-        sampler=sampler,
+        epoch_source=sampler,
     )
     return DefendedModel(model.eval(), history, meta, resumed_from)
 
