@@ -98,15 +98,19 @@ def task_loss(
         phi_a = params.get("anisotropic.phi_a")
     if task == "V":
         with noise_enabled(model, False):
-            return vanilla_loss(forward(images), labels, settings)
+            output = forward(images)
+        _take_clean_embedding(model)
+        return vanilla_loss(output, labels, settings)
     output = forward(images)
-    clean = model.anisotropic.clean_embedding if model.anisotropic is not None else None
+    clean = _take_clean_embedding(model)
     mix = mix_loss(output, labels, settings, sigmas, epoch, clean, phi_a)
     if task == "P":
         return mix
     if adversarial is None:
         raise ValueError("task PA needs the adversarial images")
-    return total_loss(mix, forward(adversarial), labels, settings)
+    adversarial_output = forward(adversarial)
+    _take_clean_embedding(model)
+    return total_loss(mix, adversarial_output, labels, settings)
 
 
 def apply_gradients(
@@ -261,6 +265,14 @@ def meta_step(
 
     alternating_update(model, optimizer, gradient_fn, alternate)
     return losses[0]
+
+
+def _take_clean_embedding(model: StochasticReIDModel) -> Tensor | None:
+    """The embedding before the anisotropic noise of the last forward; cleared (it holds the graph)."""
+    if model.anisotropic is None:
+        return None
+    clean, model.anisotropic.clean_embedding = model.anisotropic.clean_embedding, None
+    return clean
 
 
 def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:

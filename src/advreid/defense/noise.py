@@ -59,11 +59,15 @@ class IsotropicNoise(nn.Module):
             return h
         return isotropic_noise(h, self.sigma.to(h.dtype), self.generator, self.per_sample)
 
+    def hook(self, module: nn.Module, inputs: tuple, output: Tensor) -> Tensor:
+        """Forward hook adding the noise to ``module``'s output (a bound method, so deepcopy re-binds it)."""
+        return self(output)
+
 
 class AnisotropicNoise(nn.Module):
     """phi_a (D, D) lower-triangular, initialised tril(U[0, 1)) / sqrt(D) (WCA-Net's init, scaled; spec B1).
 
-    ``clean_embedding`` keeps the last input (before the noise), for FCA (eq. 5.3)."""
+    ``clean_embedding`` keeps the last train-mode input (before the noise), for FCA (eq. 5.3)."""
 
     def __init__(self, dim: int):
         super().__init__()
@@ -74,10 +78,15 @@ class AnisotropicNoise(nn.Module):
         self.clean_embedding: Tensor | None = None
 
     def forward(self, f: Tensor) -> Tensor:
-        self.clean_embedding = f
+        if self.training:  # read (and cleared) by the task losses
+            self.clean_embedding = f
         if not self.enabled:
             return f
         return anisotropic_noise(f, self.phi_a.to(f.dtype), self.generator)
+
+    def hook(self, module: nn.Module, inputs: tuple, output: Tensor) -> Tensor:
+        """Forward hook on the head's pool: (B, D, 1, 1) -> noise on the pooled embedding f (B, D)."""
+        return self(output.flatten(1)).view_as(output)
 
 
 @dataclass(frozen=True)
@@ -135,9 +144,9 @@ class StochasticReIDModel(nn.Module):
                 size = shape if config.iso_shape == "chw" else (shape[0], 1, 1)
                 self.isotropic.append(IsotropicNoise(size, config.iso_init, config.noise_draw == "per_sample"))
             for site, noise in zip(sites, self.isotropic, strict=True):
-                site.register_forward_hook(_hook(noise))
+                site.register_forward_hook(noise.hook)
         if self.anisotropic is not None:
-            vanilla.head.pool.register_forward_hook(_embedding_hook(self.anisotropic))
+            vanilla.head.pool.register_forward_hook(self.anisotropic.hook)
 
     @property
     def feature_dim(self) -> int:
@@ -165,21 +174,6 @@ class StochasticReIDModel(nn.Module):
             sigma.clamp_(min=self.config.iso_min)
         if self.anisotropic is not None:
             self.anisotropic.phi_a.copy_(self.anisotropic.phi_a.tril())
-
-
-def _hook(noise: IsotropicNoise):
-    def hook(module: nn.Module, inputs: tuple, output: Tensor) -> Tensor:
-        return noise(output)
-
-    return hook
-
-
-def _embedding_hook(noise: AnisotropicNoise):
-    def hook(module: nn.Module, inputs: tuple, output: Tensor) -> Tensor:
-        # the head's pool gives (B, D, 1, 1); the noise acts on the pooled embedding f (B, D)
-        return noise(output.flatten(1)).view_as(output)
-
-    return hook
 
 
 def _output_shapes(model: ReIDModel, sites: list[nn.Module], image_size: tuple[int, int]) -> list[tuple[int, ...]]:

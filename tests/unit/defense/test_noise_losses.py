@@ -64,7 +64,9 @@ def test_noise_off_gives_the_vanilla_output_exactly_and_noise_stays_on_in_eval_m
     assert not torch.equal(noisy_a, noisy_b)
     assert torch.equal(quiet, plain)
     assert len(model.isotropic) == 2 and model.isotropic[0].sigma.shape == (4, 16, 8)
-    assert model.anisotropic.phi_a.shape == (8, 8) and torch.equal(model.anisotropic.phi_a, model.anisotropic.phi_a.tril())
+    assert model.anisotropic.phi_a.shape == (8, 8) and torch.equal(
+        model.anisotropic.phi_a, model.anisotropic.phi_a.tril()
+    )
     assert model.anisotropic.phi_a.max() <= 1 / math.sqrt(8)
 
 
@@ -120,3 +122,19 @@ def test_negative_lambda_or_eta_is_an_error_naming_it():
         LossSettings(lambda_r=-1e-4).check()
     with pytest.raises(ValueError, match="eta"):
         LossSettings(eta=-0.5).check()
+
+
+def test_a_deep_copy_draws_its_own_noise_from_its_own_modules():
+    import copy
+
+    _, model = tiny()
+    clone = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        clone.anisotropic.phi_a.zero_()
+        for noise in clone.isotropic:
+            noise.sigma.zero_()
+        x = torch.rand(2, 3, *SIZE)
+        with noise_enabled(clone, False):
+            quiet = clone(x)
+        assert torch.allclose(clone(x), quiet)  # zero noise in the copy; the original's noise is untouched
+    assert model.anisotropic.phi_a.abs().sum() > 0
