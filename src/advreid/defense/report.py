@@ -59,7 +59,7 @@ DEMO_5_7 = {
 }
 
 
-def cell_table(metrics: dict[str, dict[str, Any]], budget: str) -> dict[str, dict[str, dict[str, float]]]:
+def cell_table(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
     """{model: {cell: {rank1, mAP, rank1_std}}} (percent) of every model's cells, the clean one as ``clean``."""
     table = {}
     for model, m in metrics.items():
