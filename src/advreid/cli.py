@@ -28,6 +28,19 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "attack-report": ("advreid.stages.attack_report", "chapter-4 tables 4.1-4.6, cross-model transfer, attack figures"),
     "train-gan": ("advreid.stages.train_gan", "train one IPES-GAN run (main model or ablation), every seed"),
     "eval-gan": ("advreid.stages.eval_gan", "IPES-GAN vs direct transfer on the target; MMD, SSIM, tables"),
+    # chapter 5 defense (issue 10)
+    "train-defense": (
+        "advreid.stages.train_defense",
+        "fine-tune the vanilla Re-ID model into PGD-AT, MP-SNN or an ablation",
+    ),
+    "eval-defense": (
+        "advreid.stages.eval_defense",
+        "clean / white-box EOT / transfer CMC-mAP of a defense, masking check",
+    ),
+    "defense-report": (
+        "advreid.stages.defense_report",
+        "chapter-5 tables 5.1-5.4, 5.6, 5.7 and the rank-1 vs eps plot",
+    ),
     "profile": ("advreid.profile", "print `dvc exp run -S` arguments applying an override file (params.thesis.yaml)"),
     "where": ("advreid.stages.where", "print where results, plots and the MLflow database are, and how to browse them"),
 }
