@@ -35,7 +35,7 @@ from advreid.defense.noise import NoiseConfig, StochasticReIDModel, build_stocha
 from advreid.models.reid import build_reid_model
 from advreid.params import ParamsError, build
 from advreid.reid.checkpoint import load_trained_model
-from advreid.reid.engine import LAST_CHECKPOINT, ReIDEngine, save_checkpoint, seed_everything, train
+from advreid.reid.engine import LAST_CHECKPOINT, ReIDEngine, resumable_epochs, save_checkpoint, seed_everything, train
 
 METHODS = ("pgd_at", "l_tot", "mp_snn")
 
@@ -239,7 +239,13 @@ def train_defense(
     }
     resumed_from = 0
     if checkpoint_dir is not None:
-        resumed_from = _resumable_epochs(Path(checkpoint_dir) / LAST_CHECKPOINT, meta["fingerprint"], settings.epochs)
+        resumed_from = resumable_epochs(
+            Path(checkpoint_dir) / LAST_CHECKPOINT,
+            meta["fingerprint"],
+            settings.epochs,
+            stage="train_defense",
+            written_with="settings, data or vanilla model",
+        )
     optimizer = build_optimizer(model, settings)
     sampler = PKSampler(dataset.labels, settings.p, settings.k, settings.seed)
     loader = DataLoader(
@@ -294,24 +300,3 @@ def load_defended_model(path: str | Path, device: torch.device | str = "cpu") ->
 def _flip(image: torch.Tensor) -> torch.Tensor:
     """Random horizontal flip with probability 1/2 (torch's global generator, checkpointed)."""
     return image.flip(2) if bool(torch.rand(()) < 0.5) else image
-
-
-def _resumable_epochs(last: Path, fingerprint: str, epochs: int) -> int:
-    """Epochs done in ``last`` if training can resume from it; else delete it (with the reason) and return 0."""
-    if not last.is_file():
-        return 0
-    try:
-        checkpoint = torch.load(last, map_location="cpu", weights_only=True)
-        done, found = int(checkpoint["epoch"]), checkpoint.get("meta", {}).get("fingerprint")
-        reason = None
-        if found != fingerprint:
-            reason = "it was written with other settings, data or vanilla model"
-        elif done >= epochs:
-            reason = "that training had finished, so this run is a retraining"
-    except (RuntimeError, EOFError, KeyError, ValueError) as err:
-        done, reason = 0, f"it cannot be read ({type(err).__name__}: {err})"
-    if reason is None:
-        return done
-    warnings.warn(f"train_defense: discarding checkpoint {last}: {reason}; training from epoch 1", stacklevel=2)
-    last.unlink()
-    return 0

@@ -18,6 +18,7 @@ The same code runs under ``torchrun --standalone --nproc_per_node N``::
 from __future__ import annotations
 
 import math
+import pickle
 import random
 import sys
 import time
@@ -145,6 +146,33 @@ def load_checkpoint(
             raise ValueError(f"checkpoint {path} has no {name} state to resume from")
         target.load_state_dict(checkpoint[name])
     return checkpoint
+
+
+def resumable_epochs(last: str | Path, fingerprint: str, epochs: int, *, stage: str, written_with: str) -> int:
+    """Epochs completed in the checkpoint ``last`` if a training of ``epochs`` epochs with ``fingerprint`` can
+    resume from it; else 0, after rank 0 deletes it and says why on stderr (``written_with`` names what the
+    fingerprint covers, e.g. "settings, data or number of processes"). DDP-aware: every rank reads it first."""
+    last = Path(last)
+    if not last.is_file():
+        return 0
+    try:
+        checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+        done, found = int(checkpoint["epoch"]), checkpoint.get("meta", {}).get("fingerprint")
+        reason = None
+        if found != fingerprint:
+            reason = f"it was written with other {written_with}"
+        elif done >= epochs:
+            reason = "that training had finished, so this run is a retraining"
+    except (RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as err:
+        done, reason = 0, f"it cannot be read ({type(err).__name__}: {err})"
+    barrier()  # every rank has read it before rank 0 removes it
+    if reason is None:
+        return done
+    if get_rank() == 0:
+        print(f"{stage}: discarding checkpoint {last}: {reason}; training from epoch 1", file=sys.stderr)
+        last.unlink()
+    barrier()
+    return 0
 
 
 class ReIDEngine:

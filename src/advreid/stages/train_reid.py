@@ -25,7 +25,6 @@ import csv
 import hashlib
 import io
 import json
-import pickle
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -39,7 +38,6 @@ from torch.utils.data import DataLoader
 
 from advreid.data.torch_data import ManifestImages, PKSampler, dataset_info, load_split
 from advreid.device import (
-    barrier,
     cleanup_distributed,
     get_rank,
     get_world_size,
@@ -57,6 +55,7 @@ from advreid.reid.engine import (
     LAST_CHECKPOINT,
     SCHEDULES,
     build_scheduler,
+    resumable_epochs,
     save_checkpoint,
     seed_everything,
     seed_worker,
@@ -182,7 +181,13 @@ def train_reid(
     }
     resumed_from = 0
     if checkpoint_dir is not None:
-        resumed_from = _keep_resumable_checkpoint(Path(checkpoint_dir) / LAST_CHECKPOINT, meta["fingerprint"], settings)
+        resumed_from = resumable_epochs(
+            Path(checkpoint_dir) / LAST_CHECKPOINT,
+            meta["fingerprint"],
+            settings.epochs,
+            stage="train_reid",
+            written_with="settings, data or number of processes",
+        )
     model = wrap_distributed(model.to(device), device)
     optimizer = _build_optimizer(model, settings)
     scheduler = build_scheduler(
@@ -297,30 +302,6 @@ def main(argv: list[str] | None = None) -> int:
         f"{metrics['first_epoch_loss']:.3f} -> {metrics['loss']:.3f}, train acc {metrics['acc']:.3f}, "
         f"{rate:.0f} images/s on {device} x {world_size} -> {out_dir / 'model.pt'}"
     )
-    return 0
-
-
-def _keep_resumable_checkpoint(last: Path, fingerprint: str, settings: TrainSettings) -> int:
-    """Epochs in ``last`` if training can resume from it, else 0 after deleting it (rank 0) with the reason."""
-    if not last.is_file():
-        return 0
-    try:
-        checkpoint = torch.load(last, map_location="cpu", weights_only=True)
-        epoch, found = int(checkpoint["epoch"]), checkpoint.get("meta", {}).get("fingerprint")
-        reason = None
-        if found != fingerprint:
-            reason = "it was written with other settings, data or number of processes"
-        elif epoch >= settings.epochs:
-            reason = "that training had finished, so this run is a retraining"
-    except (RuntimeError, EOFError, KeyError, pickle.UnpicklingError) as err:
-        epoch, reason = 0, f"it cannot be read ({type(err).__name__}: {err})"
-    barrier()  # every rank has read it before rank 0 removes it
-    if reason is None:
-        return epoch
-    if get_rank() == 0:
-        print(f"train_reid: discarding checkpoint {last}: {reason}; training from epoch 1", file=sys.stderr)
-        last.unlink()
-    barrier()
     return 0
 
 
