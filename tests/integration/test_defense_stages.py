@@ -86,15 +86,19 @@ def _write_params(root: Path) -> None:
                          "pgd_at": {"method": "pgd_at", "isotropic": False, "anisotropic": False}},
             "eval": {
                 "queries": 4,
-                "budgets": {"eps8": {"eps": 8, "step": 2, "steps": 1}},
+                "budgets": {"eps8": {"eps": 8, "step": 2, "steps": 1, "attacks": ["pgd", "ama", "eot_pgd"]},
+                            "eps5": {"eps": 5, "step": 1, "steps": 1, "rerank": True, "attacks": ["mi_fgsm", "sma"]}},
                 "attacks": {"pgd": {"method": "pgd", "random_start": True},
-                            "ama": {"method": "fgsm", "objective": "ama"}},
+                            "ama": {"method": "fgsm", "objective": "ama"},
+                            "eot_pgd": {"method": "pgd", "random_start": True, "eot_samples": 2},
+                            "mi_fgsm": {"method": "mi_fgsm"},
+                            "sma": {"method": "fgsm", "objective": "sma"}},
                 "sweep_eps": [4, 64],
                 "sweep_steps": 2,
                 "masking_max_rank1": 1.0,
-                "scoring": {"draws": 2, "eot_samples": 2},
+                "scoring": {"draws": 2, "eot_samples": 2, "k1": 4, "k2": 2},
             },
-            "report": {"budget": "eps8"},
+            "report": {"budget": "eps8", "rerank_budget": "eps5"},
         },
     }  # fmt: skip
     (root / "params.yaml").write_text(yaml.safe_dump(params))
@@ -116,15 +120,27 @@ def test_stages_write_their_declared_outputs(project, monkeypatch):
     assert {"clean", "pgd-eps8", "ama-eps8", "transfer_pgd-eps8", "sweep_pgd-eps4", "sweep_pgd-eps64"} <= set(cells)
     assert cells["pgd-eps8"]["eot_samples"] == 2 and cells["pgd-eps8"]["draws"] == 2
     assert cells["transfer_pgd-eps8"]["eot_samples"] == 1
+    # on the stochastic model every white-box attack is EOT-averaged: EOT-PGD is PGD, computed once
+    assert cells["eot_pgd-eps8"]["same_as"] == "pgd-eps8"
+    assert cells["eot_pgd-eps8"]["rank1"] == cells["pgd-eps8"]["rank1"]
+    # a budget runs only the attacks it names (Table 5.5: MI-FGSM and SMA at 5/255, with re-ranking)
+    assert "mi_fgsm-eps8" not in cells and "pgd-eps5" not in cells
+    assert {"rank1_rerank", "mAP_rerank"} <= set(cells["mi_fgsm-eps5"]) and "rank1_rerank" in cells["clean"]
+    assert "rank1_rerank" not in cells["pgd-eps8"]
     vanilla = json.loads((project / "reports" / "metrics" / "defense" / "vanilla.json").read_text())
     assert vanilla["cells"]["clean"]["draws"] == 1 and "transfer_pgd-eps8" not in vanilla["cells"]
     assert vanilla["cells"]["clean"]["rank1_std"] == 0.0
+    # deterministic model: EOT over 2 identical passes is not the same config, but gives PGD's exact result
+    assert "same_as" not in vanilla["cells"]["eot_pgd-eps8"]
+    assert vanilla["cells"]["eot_pgd-eps8"]["mAP"] == vanilla["cells"]["pgd-eps8"]["mAP"]
     assert defense_report.main([]) == 0
     summary = json.loads((project / "reports" / "metrics" / "mp_snn.json").read_text())
     assert summary["mp_snn"]["clean"]["rank1"] == pytest.approx(100 * cells["clean"]["rank1"])
     assert set(summary["mp_snn"]["pgd-eps8"]) == {"rank1", "mAP", "rank1_std"}
     tables = (project / "reports" / "defense" / "tables.md").read_text()
     assert "Table 5.4" in tables and "(thesis)" in tables and "MP-SNN (demo)" in tables
+    assert "Table 5.5" in tables and "MP-SNN* (demo)" in tables and "MP-SNN* R-50 (thesis)" in tables
+    assert summary["mp_snn"]["sma-eps5"]["rank1_rerank"] == pytest.approx(100 * cells["sma-eps5"]["rank1_rerank"])
     assert (project / "reports" / "defense" / "rank1_vs_eps.png").stat().st_size > 0
 
 

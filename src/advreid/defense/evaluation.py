@@ -121,10 +121,18 @@ def attack_cells(
     rerank = any(cell.rerank for cell in cells)
     results = {"clean": _score(query_draws, gallery_draws, query, gallery, query_rows, settings, rerank)}
     options = {"metric": settings.metric, "ap_convention": settings.ap_convention, "batch_size": settings.batch_size}
+    # On a stochastic model every white-box attack is EOT-averaged, so e.g. EOT-FGSM and FGSM become one attack:
+    # a cell whose effective attack equals an earlier cell's is not recomputed but reported with ``same_as``.
+    computed: dict[tuple, str] = {}
     for index, cell in enumerate(tqdm(cells, desc="defense cells", unit="cell", disable=not sys.stderr.isatty())):
         config = cell.config
         if stochastic and not cell.transfer and config.method != "wma":
             config = replace(config, eot_samples=max(config.eot_samples, settings.eot_samples))
+        key = (config, cell.eps, cell.step, cell.steps, cell.rerank, cell.transfer)
+        if key in computed:
+            results[cell.name] = {**results[computed[key]], "same_as": computed[key]}
+            continue
+        computed[key] = cell.name
         source = vanilla if cell.transfer else model
         splits = attacked_model[cell.transfer]
         side = config.side
@@ -220,7 +228,8 @@ def _score(
 @dataclass(frozen=True)
 class EvalProtocol:
     """The evaluation of every chapter-5 model (params ``defense.eval``): ``attacks`` (name -> AttackConfig
-    fields) at every budget of ``budgets`` (name -> eps, step in 1/255, steps, rerank), the ``transfer`` attacks
+    fields) at every budget of ``budgets`` (name -> eps, step in 1/255, steps, rerank, and optionally the list of
+    ``attacks`` run at that budget; default all), the ``transfer`` attacks
     also made on the vanilla model at ``transfer_budget``, the masking sweep (``sweep_attack`` at each eps of
     ``sweep_eps`` with ``sweep_steps`` steps of 2.5 eps / steps, Madry et al.'s rule) and ``queries`` evenly
     spaced queries (0: all)."""
@@ -239,10 +248,19 @@ class EvalProtocol:
 
     def check(self, where: str) -> EvalProtocol:
         for name, budget in self.budgets.items():
-            if set(budget) - {"eps", "step", "steps", "rerank"} or not {"eps", "step", "steps"} <= set(budget):
-                raise ValueError(f"{where}.budgets.{name}: needs eps, step, steps (and optional rerank), got {budget}")
+            if set(budget) - {"eps", "step", "steps", "rerank", "attacks"} or not {"eps", "step", "steps"} <= set(
+                budget
+            ):
+                raise ValueError(
+                    f"{where}.budgets.{name}: needs eps, step, steps (and optional rerank, attacks), got {budget}"
+                )
             if budget["eps"] < 0 or budget["step"] < 0 or budget["steps"] < 1:
                 raise ValueError(f"{where}.budgets.{name}: need eps >= 0, step >= 0, steps >= 1, got {budget}")
+            unknown = sorted(set(budget.get("attacks", ())) - set(self.attacks))
+            if unknown:
+                raise ValueError(
+                    f"{where}.budgets.{name}.attacks: {unknown} not in {where}.attacks {sorted(self.attacks)}"
+                )
         for name in (*self.transfer, self.sweep_attack):
             if name not in self.attacks:
                 raise ValueError(f"{where}: attack {name!r} is not in {where}.attacks {sorted(self.attacks)}")
@@ -265,7 +283,7 @@ class EvalProtocol:
         """Every attack x budget, the transfer cells (stochastic models only) and the sweep; and eps -> sweep cell."""
         cells = []
         for budget_name, b in self.budgets.items():
-            for name in self.attacks:
+            for name in b.get("attacks", self.attacks):  # a budget may name its attacks (Table 5.5: MI-FGSM, SMA)
                 cells.append(AttackCell(f"{name}-{budget_name}", self.config(name), b["eps"] / 255, b["step"] / 255,
                                         b["steps"], bool(b.get("rerank", False))))  # fmt: skip
         if stochastic:

@@ -40,6 +40,18 @@ THESIS_5_4 = {
     "PGD-AT (thesis)": "86.60 62.11 27.49 24.64 36.72 37.82 62.11 24.16 28.02 0.05",
     "MP-SNN (thesis)": "86.82 71.22 74.19 70.48 69.53 68.05 70.27 63.36 77.58 48.42",
 }
+# Table 5.5 [L4687]: Market-1501, eps 5/255 (15 steps), CMC-1 Clean / MI-FGSM / SMA; "*" = k-reciprocal re-ranking
+THESIS_5_5 = {
+    "Baseline R-50 (thesis)": "89.96 17.54 22.68",
+    "Meta-Def R-50 (thesis)": "88.90 53.34 62.40",
+    "Meta-Def* R-50 (thesis)": "89.23 56.81 64.71",
+    "MP-SNN R-50 (thesis)": "86.82 69.09 75.44",
+    "MP-SNN* R-50 (thesis)": "87.36 74.55 79.29",
+    "Baseline OS (thesis)": "94.23 50.80 54.45",
+    "MP-SNN OS (thesis)": "89.81 77.01 80.31",
+    "MP-SNN* OS (thesis)": "89.75 80.26 81.99",
+}
+TABLE_5_5_ATTACKS = ("clean", "mi_fgsm", "sma")
 # Tables 5.6 [L4737] and 5.7 [L4748]: Clean / PGD / SMA CMC-1
 THESIS_5_6 = {"w/o FCA (thesis)": "84.20 73.45 75.77", "w/ FCA (thesis)": "86.82 74.19 77.58"}
 THESIS_5_7 = {
@@ -59,15 +71,41 @@ DEMO_5_7 = {
 }
 
 
+_CELL_KEYS = ("rank1", "mAP", "rank1_std", "rank1_rerank", "mAP_rerank", "rank1_rerank_std")
+
+
 def cell_table(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
-    """{model: {cell: {rank1, mAP, rank1_std}}} (percent) of every model's cells, the clean one as ``clean``."""
+    """{model: {cell: {rank1, mAP, rank1_std[, *_rerank]}}} (percent) of every model's cells, ``clean`` included."""
     table = {}
     for model, m in metrics.items():
         table[model] = {
-            name: {key: 100 * cell[key] for key in ("rank1", "mAP", "rank1_std") if key in cell}
-            for name, cell in m["cells"].items()
+            name: {key: 100 * cell[key] for key in _CELL_KEYS if key in cell} for name, cell in m["cells"].items()
         }
     return table
+
+
+def _reranked(cell: dict[str, float] | None) -> dict[str, float] | None:
+    if cell is None or "rank1_rerank" not in cell:
+        return None
+    return {"rank1": cell["rank1_rerank"], "rank1_std": cell.get("rank1_rerank_std", 0.0), "mAP": cell["mAP_rerank"]}
+
+
+def table_5_5(table: dict, budget: str) -> list[str]:
+    """Table 5.5 (eps ``budget``, with and without re-ranking, "*" rows) when the budget was evaluated."""
+    names = {"vanilla": "vanilla (demo)", "pgd_at": "PGD-AT (demo)", "mp_snn": "MP-SNN (demo)"}
+    demo = []
+    for model, label in names.items():
+        cells = [_get(table, model, a, budget) for a in TABLE_5_5_ATTACKS]
+        if model not in table or any(c is None for c in cells[1:]):
+            continue
+        demo.append([label, *(_fmt(c, False) for c in cells)])
+        if all(_reranked(c) is not None for c in cells):
+            demo.append([label.replace(" (demo)", "* (demo)"), *(_fmt(_reranked(c), False) for c in cells)])
+    if not demo:
+        return []
+    thesis = [[k, *v.split()] for k, v in THESIS_5_5.items()]
+    return _rows(f"Table 5.5: budget `{budget}`, * = k-reciprocal re-ranking (CMC-1)", ["Clean", "MI-FGSM", "SMA"],
+                 demo, thesis)  # fmt: skip
 
 
 def _get(table: dict, model: str, attack: str, budget: str) -> dict[str, float] | None:
@@ -88,8 +126,11 @@ def _rows(title: str, headings: list[str], demo: list[list[str]], thesis: list[l
     return [*lines, ""]
 
 
-def tables_markdown(table: dict, budget: str, masking: dict[str, dict], claims: list[str]) -> str:
-    """Tables 5.1-5.4, 5.6, 5.7 (demo rows with rank-1 ± std over the evaluation draws, then thesis rows)."""
+def tables_markdown(
+    table: dict, budget: str, masking: dict[str, dict], claims: list[str], rerank_budget: str | None = None
+) -> str:
+    """Tables 5.1-5.7 (demo rows with rank-1 ± std over the evaluation draws, then thesis rows); Table 5.5 from
+    ``rerank_budget`` when given."""
     heads = [h for h, _ in TABLE_5_1_COLUMNS]
     names = {"vanilla": "vanilla (demo)", "mp_snn": "MP-SNN (demo)", "pgd_at": "PGD-AT (demo)"}
     demo = [[names[m], *(_fmt(_get(table, m, a, budget)) for _, a in TABLE_5_1_COLUMNS)] for m in ("vanilla", "mp_snn")
@@ -106,6 +147,8 @@ def tables_markdown(table: dict, budget: str, masking: dict[str, dict], claims: 
     demo = [[names[m], *(_fmt(_get(table, m, a, budget), False) for _, a in TABLE_5_4_COLUMNS)]
             for m in ("vanilla", "pgd_at", "mp_snn") if m in table]  # fmt: skip
     out += _rows("Table 5.4: generalisation (CMC-1)", heads, demo, [[k, *v.split()] for k, v in THESIS_5_4.items()])
+    if rerank_budget is not None:
+        out += table_5_5(table, rerank_budget)
     ablations = (
         ("Table 5.6: effect of FCA (CMC-1)", DEMO_5_6, THESIS_5_6),
         ("Table 5.7: losses and meta-learning (CMC-1)", DEMO_5_7, THESIS_5_7),
