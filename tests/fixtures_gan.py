@@ -100,3 +100,14 @@ def write_gan_params(root: Path, seeds: tuple[int, ...] = (0, 1), **settings) ->
         "runs": {"ipes_gan": {}, "no_cyc": {"losses": ["con", "cam", "adv", "ce", "soft_ce", "kl"]}},
     }
     (root / "params.yaml").write_text(yaml.safe_dump({"reid": reid, "gan": gan}))
+
+
+def write_lpips_weights(tmp_path: Path, seed: int = 0) -> tuple[Path, Path]:
+    """Random LPIPS weight files in the on-disk formats (torchvision AlexNet; lpips v0.1 alex.pth)."""
+    from torchvision.models import alexnet
+
+    torch.manual_seed(seed)
+    alex, lin = tmp_path / "alexnet.pth", tmp_path / "alex_lin.pth"
+    torch.save(alexnet(weights=None).state_dict(), alex)
+    torch.save({f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate((64, 192, 384, 256, 256))}, lin)
+    return alex, lin

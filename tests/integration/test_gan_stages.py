@@ -15,13 +15,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from advreid.data.synthetic import DemoSpec
 from advreid.gan.data import load_domain
 from advreid.pose.keypoints import read_poses, write_poses
 from advreid.reid.checkpoint import load_trained_model
 from advreid.stages import eval_gan, train_gan
-from tests.fixtures_gan import write_gan_params, write_gan_project, write_teacher
+from tests.fixtures_gan import write_gan_params, write_gan_project, write_lpips_weights, write_teacher
 
 SPEC = DemoSpec(num_train_ids=8, num_test_ids=6, cameras=2, images_per_camera=2, height=64, width=32)
 
@@ -68,6 +69,23 @@ def test_stages_write_their_declared_outputs(project, monkeypatch):
         assert f"Table {table}" in tables
     assert "(thesis M->D)" in tables and "not run" in tables
     assert (project / "reports" / "gan" / "translations.png").stat().st_size > 0
+
+
+def test_lpips_is_computed_only_from_local_weights_the_user_gives(project, tmp_path, monkeypatch):
+    root = _copy(project, tmp_path)
+    _env(monkeypatch, root)
+    alex, lin = write_lpips_weights(tmp_path)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["gan"]["quality"] = {"lpips_alexnet_weights": str(alex), "lpips_linear_weights": str(lin)}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    assert train_gan.main(["ipes_gan"]) == 0
+    assert eval_gan.main([]) == 0
+    metrics = json.loads((root / "reports" / "metrics" / "ipes_gan.json").read_text())
+    block = metrics["image_quality"]
+    per_seed = [s["lpips_diversity"] for s in metrics["ipes_gan"]["per_seed"].values()]
+    assert block["lpips"] == pytest.approx(sum(per_seed) / len(per_seed)) and all(v > 0 for v in per_seed)
+    assert block["fid"] == "not computed" and set(block["weights_sha256"]) == {"lpips_alexnet", "lpips_linear"}
+    assert "Table 3.6" in (root / "reports" / "gan" / "tables.md").read_text()
 
 
 def test_target_labels_do_not_reach_the_trainer(project, tmp_path):

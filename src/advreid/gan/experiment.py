@@ -31,6 +31,25 @@ from advreid.reid.evaluation import EvalSettings, domain_metrics, evaluate_domai
 
 
 @dataclass(frozen=True)
+class QualitySettings:
+    """``gan.quality``: local pretrained weights for Table 3.6 (LPIPS, FID); a missing path = "not computed".
+
+    Paths are absolute or relative to the project root; their sha256 is recorded in the metrics (lineage)."""
+
+    inception_weights: str | None = None  # torchvision inception_v3 state dict (FID)
+    lpips_alexnet_weights: str | None = None  # torchvision alexnet state dict (LPIPS backbone)
+    lpips_linear_weights: str | None = None  # lpips v0.1 alex.pth (LPIPS linear layers)
+    batch_size: int = 16
+
+    def check(self, where: str = "gan.quality") -> QualitySettings:
+        if (self.lpips_alexnet_weights is None) != (self.lpips_linear_weights is None):
+            raise ParamsError(f"{where}: LPIPS needs both lpips_alexnet_weights and lpips_linear_weights, or neither")
+        if self.batch_size < 1:
+            raise ParamsError(f"{where}.batch_size: must be >= 1, got {self.batch_size}")
+        return self
+
+
+@dataclass(frozen=True)
 class GANParams:
     """``gan``: domains, the teacher (a ``reid.models`` key), seeds, shared settings, named runs (overrides)."""
 
@@ -47,6 +66,7 @@ class GANParams:
     eval_images: int = 64  # source images translated for MMD / SSIM / the grid (evenly spaced; also target images)
     device: str = "auto"
     threads: int = 1
+    quality: dict = field(default_factory=dict)  # QualitySettings fields
 
     def check(self) -> GANParams:
         if self.source == self.target:
@@ -58,7 +78,11 @@ class GANParams:
         for name in (self.main_run, *self.demo_runs):
             if name not in self.runs:
                 raise ParamsError(f"gan: run '{name}' is not a key of gan.runs ({sorted(self.runs)})")
+        self.quality_settings()
         return self
+
+    def quality_settings(self) -> QualitySettings:
+        return build(QualitySettings, self.quality or {}, "gan.quality").check()
 
     def run_settings(self, run: str) -> GANSettings:
         if run not in self.runs:
@@ -170,15 +194,7 @@ def train_run(params: GANParams, run: str, arch: str, root: Path, device: torch.
 
 def subset(domain: DomainImages, count: int) -> DomainImages:
     """``count`` evenly spaced images of ``domain`` (all when it has fewer)."""
-    rows = torch.linspace(0, len(domain) - 1, min(count, len(domain))).round().long()
-    labels = domain.labels[rows] if domain.labels is not None else None
-    return replace(
-        domain,
-        images=domain.images[rows],
-        cameras=domain.cameras[rows],
-        keypoints=domain.keypoints[rows],
-        labels=labels,
-    )
+    return _rows(domain, torch.linspace(0, len(domain) - 1, min(count, len(domain))).round().long())
 
 
 def load_generator(path: Path, device: torch.device) -> tuple[Generator, GANSettings]:
@@ -209,6 +225,7 @@ def evaluate_runs(params: GANParams, root: Path, device: torch.device, grid_path
     size = (meta["height"], meta["width"])
     direct = evaluate_domain(teacher, processed / params.target, eval_settings, size, device=device, root=root)
     metrics: dict[str, Any] = {"direct_transfer": domain_metrics(direct, eval_settings, "target")}
+    quality = ImageQuality(params.quality_settings(), root, device)
     source = target = None
     for run in params.demo_runs:
         per_seed = {}
@@ -245,6 +262,7 @@ def evaluate_runs(params: GANParams, root: Path, device: torch.device, grid_path
                 "ssim_cycle_source": ssims["source"],
                 "ssim_cycle_target": ssims["target"],
             }
+            per_seed[str(seed)].update(quality.scores(generator, model, source, target, settings))
             if run == params.main_run and seed == params.seeds[0]:
                 translation_grid(
                     translation, grid_path, params.grid_rows, f"{run} seed {seed}: {params.source} -> {params.target}"
@@ -260,9 +278,66 @@ def evaluate_runs(params: GANParams, root: Path, device: torch.device, grid_path
         "seeds_above_direct_mAP": sum(s["mAP"] > metrics["direct_transfer"]["mAP"] for s in main["per_seed"].values()),
         "seeds": len(params.seeds),
     }
-    metrics["image_quality"] = {
-        "lpips": "not computed",
-        "fid": "not computed",
-        "reason": "no local LPIPS/Inception weights (never downloaded)",
-    }
+    metrics["image_quality"] = quality.summary(main)
     return metrics
+
+
+class ImageQuality:
+    """Table 3.6 per run and seed: LPIPS diversity and FID(target, S->T), each only when its local weights are set."""
+
+    def __init__(self, settings: QualitySettings, root: Path, device: torch.device):
+        from advreid.gan import quality
+
+        self.settings, self.device, self.weights = settings, device, {}
+        self.lpips = self.inception = None
+        if settings.lpips_alexnet_weights is not None:
+            alex, lin = (_resolve(root, p) for p in (settings.lpips_alexnet_weights, settings.lpips_linear_weights))
+            self.lpips = quality.LPIPS(alex, lin)
+            self.weights.update(lpips_alexnet=sha256_file(alex), lpips_linear=sha256_file(lin))
+        if settings.inception_weights is not None:
+            path = _resolve(root, settings.inception_weights)
+            self.inception = quality.InceptionPool(path)
+            self.weights["inception"] = sha256_file(path)
+
+    def scores(self, generator, model, source: DomainImages, target: DomainImages, settings) -> dict[str, float]:
+        from advreid.gan import quality
+
+        out: dict[str, float] = {}
+        if self.lpips is None and self.inception is None:
+            return out
+        options = {"pose_pairing": settings.pose_pairing, "sigma": settings.pose_sigma, "device": self.device}
+        first = translate_domains(generator, model, source, target, **options)
+        batch = {"batch_size": self.settings.batch_size, "device": self.device}
+        if self.inception is not None:
+            out["fid"] = quality.fid(first.target, first.source_to_target, self.inception, **batch)
+        if self.lpips is not None:  # the same source images under other target environments (half a domain away)
+            rows = (torch.arange(len(target)) + len(target) // 2) % len(target)
+            other = translate_domains(generator, model, source, _rows(target, rows), **options)
+            out["lpips_diversity"] = float(
+                quality.lpips_distance(first.source_to_target, other.source_to_target, self.lpips, **batch).mean()
+            )
+        return out
+
+    def summary(self, main: dict[str, Any]) -> dict[str, Any]:
+        missing = "no local weights given in gan.quality (never downloaded)"
+        out: dict[str, Any] = {"weights_sha256": self.weights}
+        for key, name in (("lpips_diversity", "lpips"), ("fid", "fid")):
+            if key in main:
+                out[name], out[f"{name}_std"] = main[key], main[f"{key}_std"]
+            else:
+                out[name] = "not computed"
+        out["reason"] = "computed from local weights" if self.weights else missing
+        if self.weights and len(self.weights) < 3:
+            out["reason"] += f" (only {sorted(self.weights)}; the others: {missing})"
+        return out
+
+
+def _resolve(root: Path, path: str) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else root / p
+
+
+def _rows(domain: DomainImages, rows: torch.Tensor) -> DomainImages:
+    labels = domain.labels[rows] if domain.labels is not None else None
+    return replace(domain, images=domain.images[rows], cameras=domain.cameras[rows], keypoints=domain.keypoints[rows],
+                   labels=labels)  # fmt: skip
