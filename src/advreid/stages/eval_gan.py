@@ -4,7 +4,8 @@ Per run and seed: the adapted E_id's target query/gallery retrieval (the evaluat
 generated S->T) on the teacher's features beside MMD(target, source) (thesis Table 3.8), SSIM of each image and its
 cyclic reconstruction; mean +- std over seeds. Outputs: ``reports/metrics/ipes_gan.json``, ``reports/gan/tables.md``
 (thesis Tables 3.1, 3.3, 3.4, 3.5, 3.8: demo rows, thesis rows quoted) and ``reports/gan/translations.png`` (like
-thesis Figs. 3.4-3.6). LPIPS and FID need pretrained networks that are never downloaded: "not computed".
+thesis Figs. 3.4-3.6). LPIPS and FID (Table 3.6) only from local weights named in ``gan.quality`` (never downloaded),
+else "not computed".
 """
 
 from __future__ import annotations
