@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from advreid.errors import BadInputError
 
-class ImageReadError(OSError):
+
+class ImageReadError(BadInputError, OSError):
     """An image file cannot be decoded (truncated, not an image, unreadable)."""
 
 

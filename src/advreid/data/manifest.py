@@ -20,6 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from advreid.errors import BadInputError
 from advreid.io import atomic_path
 
 # (name, arrow type, meaning)
@@ -47,7 +48,7 @@ EXTRA_TYPES: dict[str, pa.DataType] = {
 }
 
 
-class ManifestError(ValueError):
+class ManifestError(BadInputError, ValueError):
     """A manifest does not have the columns or types the contract requires."""
 
 

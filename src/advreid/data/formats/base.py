@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from advreid.errors import BadInputError
 
-class DatasetFormatError(ValueError):
+
+class DatasetFormatError(BadInputError, ValueError):
     """A dataset on disk does not match its documented layout; the message names the file and problem."""
 
 
