@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from advreid.io import write_json
+from advreid.io import load_torch, write_json
 from advreid.params import build, load_params, require, require_counts
 from advreid.settings import apply_environment
 
@@ -206,7 +206,7 @@ def load_images(processed: Path, split: str, root: Path, device: torch.device | 
     if len(dataset) == 0:
         raise ValueError(f"{processed}: split '{split}' has no images")
     images = torch.stack([dataset.image(i) for i in range(len(dataset))])
-    labels = torch.as_tensor(np.asarray(dataset.labels), dtype=torch.long)
+    labels = torch.as_tensor(np.array(dataset.labels), dtype=torch.long)  # a writable copy: arrow memory is read-only
     return images.to(device), labels.to(device)
 
 
@@ -255,4 +255,4 @@ def load_reconstructor(path: Path, device: torch.device | str = "cpu") -> tuple[
 def _meta(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run the train_classifier stage first")
-    return torch.load(path, map_location="cpu", weights_only=True)["meta"]
+    return load_torch(path, "train_classifier checkpoint")["meta"]

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from advreid.io import atomic_path, write_json, write_text
+from advreid.io import atomic_path, load_torch, write_json, write_text
 from advreid.params import ParamsError, build, load_params, require, require_counts
 from advreid.settings import apply_environment
 
@@ -212,7 +212,7 @@ def load_defense(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Mod
 
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run the train_denoiser stage for this method and noise level")
-    meta = torch.load(path, map_location="cpu", weights_only=True)["meta"]
+    meta = load_torch(path, "defense checkpoint")["meta"]
     defense = build_defense(
         get_method(meta["method"]), meta["channels"], tuple(meta["image_size"]), meta["latent_dim"],
         meta["denoiser_kwargs"], meta["ae_width"],
