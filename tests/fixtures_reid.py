@@ -197,7 +197,7 @@ def write_msmt17(
     ``list_{train,val,query,gallery}.txt`` beside the image folders name them as ``0000/<name> pid``.
     Each train id has ``per_camera`` images per camera, its first ``val_per_id`` listed in
     ``list_val.txt``. Each test id has, per camera, one query and ``per_camera`` gallery images.
-    ``expected`` has ``split`` as read with ``merge_val=True`` and ``list`` naming the list file.
+    ``expected`` has ``split`` as read by default (``list_val.txt`` rows in ``val``) and ``list`` naming the list file.
     """
     if version not in ("v1", "v2"):
         raise ValueError(f"version must be 'v1' or 'v2', not {version!r}")
@@ -214,7 +214,7 @@ def write_msmt17(
         name = f"{pid:04d}_{index:03d}_{camera:02d}_0303{times[i % 3]}_{i:04d}_0.jpg"
         w.image(
             f"{main}/{folder}/{pid:04d}/{name}",
-            split="train" if listed == "val" else listed,
+            split=listed,
             list=listed,
             label=pid,
             camera=camera,

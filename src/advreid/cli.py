@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
+from advreid.errors import EXIT_BAD_INPUT, EXPECTED_ERRORS
 from advreid.settings import apply_environment
 
 # subcommand -> (module with main(argv), one-line help)
@@ -48,20 +50,44 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="advreid", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=sorted(COMMANDS), metavar="command", help=_commands_help())
+    debug = "--debug" in argv or os.environ.get("ADVREID_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    parser = argparse.ArgumentParser(
+        prog="advreid",
+        description=__doc__.splitlines()[0],
+        epilog=_commands_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("command", choices=sorted(COMMANDS), metavar="command", help="one of the commands below")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the command (see advreid COMMAND -h)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of every error (or ADVREID_DEBUG=1)")
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
-        return 0 if argv else 2
+        return 0 if argv else EXIT_BAD_INPUT
     ns = parser.parse_args(argv[:1])
     apply_environment()  # project-local MLflow/Prefect/DVC homes, telemetry off
     module = importlib.import_module(COMMANDS[ns.command][0])
-    return int(module.main(argv[1:]) or 0)
+    try:
+        return int(module.main(argv[1:]) or 0)
+    except EXPECTED_ERRORS as err:
+        if debug:
+            raise
+        # the message names the file or key and the problem; a traceback would only bury it
+        print(f"advreid {ns.command}: error: {_message(err)}", file=sys.stderr)
+        print("(fix the file or params value named above and run again; --debug shows the traceback)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _message(err: BaseException) -> str:
+    if isinstance(err, FileNotFoundError) and err.filename and str(err.filename) not in str(err):
+        return f"{err.filename}: {err.strerror or err}"
+    return str(err)
 
 
 def _commands_help() -> str:
-    return "; ".join(f"{name}: {text}" for name, (_, text) in sorted(COMMANDS.items()))
+    width = max(len(name) for name in COMMANDS)
+    lines = [f"  {name:<{width}}  {text}" for name, (_, text) in sorted(COMMANDS.items())]
+    return "commands:\n" + "\n".join(lines)
 
 
 if __name__ == "__main__":

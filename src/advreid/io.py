@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ def atomic_path(path: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     if is_dir:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; the output is an ordinary directory
@@ -53,6 +55,26 @@ def atomic_path(path: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]
         else:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove what an earlier writer of ``path`` killed mid-write left beside it; return what was removed.
+
+    Only names :func:`atomic_path` makes for this very path match (``.<name>.<8 random chars>.tmp`` and
+    ``.<name>.old``), so other outputs' temporaries in the same folder are left alone.
+    """
+    path = Path(path)
+    pattern = re.compile(re.escape(f".{path.name}.") + r"(?:[a-z0-9_]{8}\.tmp|old)")
+    removed = []
+    if path.parent.is_dir():
+        for sibling in path.parent.iterdir():
+            if pattern.fullmatch(sibling.name):
+                if sibling.is_dir() and not sibling.is_symlink():
+                    shutil.rmtree(sibling, ignore_errors=True)
+                else:
+                    sibling.unlink(missing_ok=True)
+                removed.append(sibling)
+    return sorted(removed)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -98,3 +120,39 @@ def md5_file(path: str | os.PathLike) -> str:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+def load_torch(path: str | os.PathLike, what: str = "checkpoint") -> Any:
+    """The one way to read a ``.pt`` file: ``torch.load(weights_only=True)`` on CPU, errors that name the file.
+
+    A missing file raises FileNotFoundError; a truncated, foreign or unsafe file raises CheckpointError saying
+    what is wrong. torch's own message is not passed on: it advises ``weights_only=False``, which would run
+    whatever code the file carries.
+    """
+    import pickle
+
+    import torch
+
+    from advreid.errors import CheckpointError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        detail = f" (the global {found.group(1)})" if found else ""
+        raise CheckpointError(
+            f"{path}: refused to load this {what}: it references Python objects other than tensors, numbers, "
+            f"strings and containers{detail}; a file written by advreid never does, so it is foreign or tampered "
+            "with (regenerate it with the stage that writes it)"
+        ) from None
+    except Exception as err:  # any failure to parse is the file's: say so and name it
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "weights_only" in first:  # never pass on torch's advice to unpickle unsafely
+            first = type(err).__name__
+        raise CheckpointError(
+            f"{path}: cannot read this {what}: the file is truncated or not a torch file ({first}); "
+            "regenerate it with the stage that writes it"
+        ) from None

@@ -11,10 +11,12 @@ from typing import Any, TypeVar
 
 import yaml
 
+from advreid.errors import BadInputError
+
 T = TypeVar("T")
 
 
-class ParamsError(ValueError):
+class ParamsError(BadInputError, ValueError):
     """A params section is missing, has an unknown key, or a value of the wrong type."""
 
 
@@ -54,25 +56,59 @@ def build(cls: type[T], values: dict[str, Any], where: str) -> T:
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """``value`` checked against the type ``hint`` (floats accept ints, no number accepts a bool); errors name
+    the key, the expected type and the value."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
+    if hint is Any:
+        return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
+        options = [a for a in args if a is not type(None)]
+        for arg in options:
             try:
                 return _coerce(value, arg, where)
-            except ParamsError as err:
-                errors.append(str(err))
-        raise ParamsError(errors[0])
+            except ParamsError:
+                continue
+        expected = " or ".join(_type_name(a) for a in args)
+        raise ParamsError(f"{where}: expected {expected}, got {value!r}")
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise ParamsError(f"{where}: expected a list, got {value!r}")
-        item = args[0] if args else Any
-        return tuple(_coerce(v, item, where) for v in value)
-    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+        if not args or (len(args) == 2 and args[1] is Ellipsis):
+            item = args[0] if args else Any
+            return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ParamsError(f"{where}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    if hint is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ParamsError(f"{where}: expected a mapping, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return build(hint, value, where)
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ParamsError(f"{where}: expected float, got {value!r}")
     if hint in (int, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
         raise ParamsError(f"{where}: expected {hint.__name__}, got {value!r}")
     return value
+
+
+def _type_name(hint: Any) -> str:
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
+
+
+def require(ok: bool, key: str, condition: str, value: Any) -> None:
+    """Raise ParamsError ``<key>: must be <condition>, got <value>`` unless ``ok`` (one condition per message)."""
+    if not ok:
+        raise ParamsError(f"{key}: must be {condition}, got {value!r}")
+
+
+def require_counts(settings: Any, where: str, names: tuple[str, ...], minimum: int = 1) -> None:
+    """Each named integer field of ``settings`` is >= ``minimum`` (batch sizes, epochs, counts)."""
+    for name in names:
+        value = getattr(settings, name)
+        require(value >= minimum, f"{where}.{name}", f">= {minimum}", value)

@@ -1,5 +1,5 @@
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -56,3 +56,75 @@ def test_build_coerces_and_names_bad_keys(tmp_path):
     assert load_params("a.b", tmp_path / "params.yaml") == {"c": 1}
     with pytest.raises(ParamsError, match="missing key 'z'"):
         load_params("a.z", tmp_path / "params.yaml")
+
+
+def test_atomic_path_removes_only_its_own_stale_temporaries(tmp_path):
+    """A stage killed mid-write leaves .<name>.<random>.tmp beside its output; the next write of that output
+    removes it (file and directory forms) and leaves other outputs' temporaries alone."""
+    stale_file = tmp_path / ".out.json.ab12cd_9.tmp"
+    stale_file.write_text("partial")
+    stale_dir = tmp_path / ".out.json.zz99yy00.tmp"
+    stale_dir.mkdir()
+    (stale_dir / "part").write_text("x")
+    other = tmp_path / ".other.json.ab12cd_9.tmp"
+    other.write_text("someone else's")
+    write_json(tmp_path / "out.json", {"a": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.json.ab12cd_9.tmp", "out.json"]
+
+
+@dataclass(frozen=True)
+class _Typed:
+    lr: float
+    steps: int = 1
+    name: str | None = None
+    sizes: tuple[int, int] = (1, 2)
+    options: dict = field(default_factory=dict)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"lr": "fast"}, r"s\.lr: expected float, got 'fast'"),
+        ({"lr": True}, r"s\.lr: expected float, got True"),
+        ({"lr": 1, "steps": 2.5}, r"s\.steps: expected int, got 2\.5"),
+        ({"lr": 1, "steps": False}, r"s\.steps: expected int, got False"),
+        ({"lr": 1, "name": 3}, r"s\.name: expected str or null, got 3"),
+        ({"lr": 1, "sizes": [1]}, r"s\.sizes: expected a list of 2 values, got \[1\]"),
+        ({"lr": 1, "sizes": [1, "b"]}, r"s\.sizes\[1\]: expected int, got 'b'"),
+        ({"lr": 1, "options": [1]}, r"s\.options: expected a mapping, got \[1\]"),
+    ],
+)
+def test_build_names_the_key_the_expected_type_and_the_value(values, message):
+    with pytest.raises(ParamsError, match=message):
+        build(_Typed, values, "s")
+
+
+def test_build_accepts_ints_for_floats_and_keeps_types():
+    built = build(_Typed, {"lr": 1, "sizes": [3, 4], "name": None}, "s")
+    assert built.lr == 1.0 and isinstance(built.lr, float) and built.sizes == (3, 4) and built.name is None
+
+
+def test_load_torch_names_the_file_and_never_echoes_weights_only(tmp_path):
+    import os
+
+    import torch
+
+    from advreid.errors import CheckpointError
+    from advreid.io import load_torch
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'ran'}",))
+
+    torch.save({"x": Evil()}, tmp_path / "evil.pt")
+    torch.save({"model": {"w": torch.arange(1000.0)}}, tmp_path / "good.pt")
+    data = (tmp_path / "good.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    assert torch.equal(load_torch(tmp_path / "good.pt")["model"]["w"], torch.arange(1000.0))
+    for name, problem in (("evil.pt", "posix.system"), ("cut.pt", "truncated")):
+        with pytest.raises(CheckpointError, match=problem) as info:
+            load_torch(tmp_path / name)
+        assert str(tmp_path / name) in str(info.value) and "weights_only" not in str(info.value)
+    assert not (tmp_path / "ran").exists()
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_torch(tmp_path / "missing.pt")

@@ -20,6 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from advreid.errors import BadInputError
 from advreid.io import atomic_path
 
 # (name, arrow type, meaning)
@@ -47,7 +48,7 @@ EXTRA_TYPES: dict[str, pa.DataType] = {
 }
 
 
-class ManifestError(ValueError):
+class ManifestError(BadInputError, ValueError):
     """A manifest does not have the columns or types the contract requires."""
 
 
@@ -83,10 +84,23 @@ def write_manifest(table: pa.Table, path: str | os.PathLike) -> None:
 
 
 def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
+    """One manifest; a file that is not parquet or lacks a core column raises ManifestError naming it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest {path} does not exist")
-    return pq.read_table(path).to_pandas()
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as err:
+        raise ManifestError(
+            f"{path}: not a readable parquet manifest ({err}); re-run the ingest stage that writes it"
+        ) from None
+    missing = [c for c in CORE_NAMES if c not in table.column_names]
+    if missing:
+        raise ManifestError(
+            f"{path}: manifest lacks column(s) {missing} (core columns: {list(CORE_NAMES)}); "
+            "re-run the ingest stage that writes it"
+        )
+    return table.to_pandas()
 
 
 def read_manifests(directory: str | os.PathLike) -> pd.DataFrame:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
 from advreid.data.formats.base import RawDataset
+from advreid.params import ParamsError
 
 # Re-ID id and camera ranges as each dataset declares them (label -1 = junk, 0 = distractor where used);
 # image_size is given only where every image of the dataset has one size (Market-1501's crops are 128x64).
@@ -34,8 +36,13 @@ def read_dataset(fmt: str, root: Path, name: str, domain: str | None = None, **o
     """Read the dataset at ``root`` in layout ``fmt`` and label its rows with ``name`` (and ``domain``)."""
     readers = _readers()
     if fmt not in readers:
-        raise KeyError(f"unknown dataset format '{fmt}'; valid formats: {sorted(readers)}")
-    raw = readers[fmt](Path(root), **options)
+        raise ParamsError(f"unknown dataset format '{fmt}'; valid formats: {sorted(readers)}")
+    reader = readers[fmt]
+    accepted = [name for name in inspect.signature(reader).parameters if name != "root"]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ParamsError(f"format '{fmt}': unknown option(s) {unknown}; valid options: {sorted(accepted)}")
+    raw = reader(Path(root), **options)
     raw.name = name
     for frame in raw.frames.values():
         frame["dataset"] = name

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from advreid.data.manifest import CORE_NAMES, ManifestError
+from advreid.errors import BadInputError
 from advreid.io import write_json, write_text
 from advreid.settings import QUIET_DEFAULTS
 
@@ -198,7 +199,7 @@ class ValidationReport:
         return "\n".join(lines) + "\n"
 
 
-class ValidationFailed(ValueError):
+class ValidationFailed(BadInputError, ValueError):
     """A manifest broke its expectations; ``report`` holds every outcome, ``str()`` sums up the failures."""
 
     def __init__(self, report: ValidationReport, report_paths: tuple[Path, Path] | None = None) -> None:

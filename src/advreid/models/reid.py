@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
+from advreid.io import load_torch
 from advreid.models.osnet import OSNetBackbone
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -240,7 +241,7 @@ def load_pretrained(module: nn.Module, path: str | Path) -> PretrainedReport:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pretrained weights {path} not found")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_torch(path, "pretrained weights")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

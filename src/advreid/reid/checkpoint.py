@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from advreid.errors import CheckpointError
+from advreid.io import load_torch
 from advreid.models.reid import REID_MODELS, ReIDModel, build_reid_model
 from advreid.params import ParamsError
 
@@ -60,14 +62,20 @@ def load_trained_model(path: str | Path, device: torch.device | str = "cpu") -> 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run the train_reid stage for this model first")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    meta = checkpoint.get("meta") or {}
+    checkpoint = load_torch(path, "Re-ID model")
+    meta = (checkpoint.get("meta") if isinstance(checkpoint, dict) else None) or {}
     missing = [key for key in ("arch", "num_classes", "height", "width") if key not in meta]
-    if missing:
-        raise ValueError(f"{path}: not a train_reid model file (meta lacks {missing})")
+    if missing or "model" not in checkpoint:
+        raise CheckpointError(f"{path}: not a train_reid model file (meta lacks {missing or 'nothing'}, or no weights)")
     with warnings.catch_warnings():
         # the trained weights replace the initialisation at once; "starts from scratch" would mislead
         warnings.filterwarnings("ignore", message=".*no pretrained_path given.*")
         model = build_reid_model(meta["arch"], meta["num_classes"])
-    model.load_state_dict(checkpoint["model"])
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as err:  # torch lists every mismatched tensor; the first line says what kind
+        raise CheckpointError(
+            f"{path}: its weights do not fit the {meta['arch']} backbone its meta names "
+            f"({str(err).splitlines()[0]}); retrain with the train_reid stage"
+        ) from None
     return model.to(device).eval(), meta

@@ -37,7 +37,8 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 from tqdm import tqdm
 
 from advreid.device import barrier, get_rank, is_distributed, rng_state, set_rng_state, supports_amp, unwrap
-from advreid.io import atomic_path
+from advreid.errors import CheckpointError
+from advreid.io import atomic_path, load_torch
 from advreid.reid.losses import vanilla_reid_loss
 
 LAST_CHECKPOINT = "last.pt"
@@ -134,11 +135,13 @@ def load_checkpoint(
     scaler: torch.amp.GradScaler | None = None,
 ) -> dict[str, Any]:
     """Load what :func:`save_checkpoint` wrote into the given objects; return the whole checkpoint dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    unwrap(model).load_state_dict(checkpoint["model"])
+    checkpoint = load_torch(path)
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint:
+        raise CheckpointError(f"{path}: not a checkpoint written by advreid (no 'model' entry)")
+    try:
+        unwrap(model).load_state_dict(checkpoint["model"])
+    except RuntimeError as err:  # torch lists every mismatched tensor; the first line says what kind
+        raise CheckpointError(f"{path}: its weights do not fit this model ({str(err).splitlines()[0]})") from None
     for name, target in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
         if target is None:
             continue

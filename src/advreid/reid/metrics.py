@@ -73,6 +73,15 @@ def average_precision(matches: Tensor, convention: str = "noninterp") -> Tensor:
     raise KeyError(f"unknown AP convention '{convention}'; valid: {list(AP_CONVENTIONS)}")
 
 
+def _check_lengths(features: Tensor, labels: Tensor, cameras: Tensor, side: str) -> None:
+    """One label and one camera per feature row, or the ranking silently pairs the wrong entries."""
+    if len(labels) != len(features) or len(cameras) != len(features):
+        raise ValueError(
+            f"evaluate_rank: the {side} side has {len(features)} feature rows but {len(labels)} labels and "
+            f"{len(cameras)} cameras; each must have one per image"
+        )
+
+
 def evaluate_rank(
     query_features: Tensor,
     gallery_features: Tensor,
@@ -104,6 +113,12 @@ def evaluate_rank(
     num_q, num_g = len(query_labels), len(gallery_labels)
     if num_g == 0 or num_q == 0:
         raise ValueError(f"evaluate_rank: empty query ({num_q}) or gallery ({num_g})")
+    _check_lengths(query_features, query_labels, query_cameras, "query")
+    _check_lengths(gallery_features, gallery_labels, gallery_cameras, "gallery")
+    if distance_fn is None:
+        for side, features in (("query", query_features), ("gallery", gallery_features)):
+            if not bool(torch.isfinite(features).all()):
+                raise ValueError(f"evaluate_rank: {side} features hold NaN or inf; the ranking would be arbitrary")
     max_rank = min(max_rank, num_g)
     g_labels, g_cams = gallery_labels.long(), gallery_cameras.long()
     cmc_sum = torch.zeros(max_rank, dtype=torch.float64)
@@ -112,6 +127,14 @@ def evaluate_rank(
         idx = torch.arange(start, min(start + chunk_size, num_q))
         if distance_fn is not None:
             dist = distance_fn(idx)
+            span = f"queries {start}..{start + len(idx) - 1}"
+            if tuple(dist.shape) != (len(idx), num_g):
+                raise ValueError(
+                    f"evaluate_rank: distance_fn returned shape {tuple(dist.shape)} for {span}; "
+                    f"expected ({len(idx)}, {num_g}) = (queries in the chunk, gallery size)"
+                )
+            if not bool(torch.isfinite(dist).all()):
+                raise ValueError(f"evaluate_rank: distance_fn returned NaN or inf for {span}")
         else:
             dist = pairwise_distance(query_features[idx], gallery_features, metric)
         # stable sort: ties keep gallery order, so chunked and whole-matrix runs agree exactly

@@ -118,6 +118,9 @@ def k_reciprocal_rerank(
     Jaccard distances between queries, which the reference computes and then discards, are skipped.
     """
     _check_arguments(query_features, gallery_features, k1, k2, lambda_value, chunk_size, metric)
+    for side, features in (("query", query_features), ("gallery", gallery_features)):
+        if not bool(torch.isfinite(features).all()):  # NaN would otherwise surface as "all features identical"
+            raise ValueError(f"k_reciprocal_rerank: {side} features hold NaN or inf")
     num_q = len(query_features)
     num_all = num_q + len(gallery_features)
     half = round(k1 / 2) + 1

@@ -38,7 +38,7 @@ from advreid.attacks.evaluation import AttackConfig, AttackOutcome, ReIDSplit, a
 from advreid.data.torch_data import ManifestImages, load_split
 from advreid.device import select_device, set_threads
 from advreid.io import atomic_path, write_json, write_text
-from advreid.params import ParamsError, build, load_params
+from advreid.params import ParamsError, build, load_params, require, require_counts
 from advreid.plots import image_grid, save_figure, to_uint8_image
 from advreid.reid.checkpoint import ReIDParams, load_trained_model, model_entry
 from advreid.reid.evaluation import EvalSettings
@@ -56,8 +56,12 @@ class Budget:
     steps: int
 
     def check(self, where: str) -> Budget:
-        if self.eps < 0 or self.step < 0 or self.steps < 1:
-            raise ParamsError(f"{where}: need eps >= 0, step >= 0 and steps >= 1, got {asdict(self)}")
+        # eps and step are in 1/255 units: (0, 255] is (0, 1] in pixel units
+        require(
+            0 < self.eps <= 255, f"{where}.eps", "in (0, 255] (1/255 pixel units, so at most 1 in pixels)", self.eps
+        )
+        require(0 <= self.step <= 255, f"{where}.step", "in [0, 255] (1/255 pixel units)", self.step)
+        require_counts(self, where, ("steps",))
         return self
 
     def pixels(self) -> dict[str, float | int]:
@@ -81,8 +85,12 @@ class SweepSettings:
     images: int = 2  # queries shown in the lambda figure
 
     def check(self) -> SweepSettings:
-        if self.steps < 1 or self.queries < 1 or self.images < 0:
-            raise ParamsError(f"attack.sweep: need steps >= 1, queries >= 1, images >= 0, got {asdict(self)}")
+        require_counts(self, "attack.sweep", ("steps", "queries"))
+        require_counts(self, "attack.sweep", ("images",), minimum=0)
+        for index, eps in enumerate(self.eps):
+            require(0 < eps <= 255, f"attack.sweep.eps[{index}]", "in (0, 255] (1/255 pixel units)", eps)
+        for index, size in enumerate(self.kernel_sizes):
+            require(size >= 1, f"attack.sweep.kernel_sizes[{index}]", ">= 1", size)
         if not self.lambdas or not self.kernel_sizes or not self.eps:
             raise ParamsError("attack.sweep: lambdas, kernel_sizes and eps must each list at least one value")
         return self

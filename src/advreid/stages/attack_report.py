@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from advreid.attacks.evaluation import ReIDSplit, rank_scores
 from advreid.device import select_device, set_threads
-from advreid.io import atomic_path, write_json, write_text
+from advreid.io import atomic_path, load_torch, write_json, write_text
 from advreid.params import ParamsError, build, load_params
 from advreid.plots import image_grid, save_figure, to_uint8_image
 from advreid.reid.checkpoint import ReIDParams, load_trained_model, model_entry
@@ -60,7 +60,7 @@ def load_adversarial(path: Path) -> dict[str, Any]:
     """One ``data/adversarial/<model>/<cell>.pt`` written by the attack stage."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run the attack stage of its model first")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_torch(path, "adversarial examples file")
 
 
 def features_of(

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from advreid.io import write_json, write_text
-from advreid.params import ParamsError, build, load_params
+from advreid.params import ParamsError, build, load_params, require, require_counts
 from advreid.settings import apply_environment
 
 BASELINE = "baseline"
@@ -38,6 +38,12 @@ class ReconstructionEvalParams:
     steps: int = 40
     noise_samples: int = 10
     num_points: int = 100
+
+    def check(self, where: str) -> ReconstructionEvalParams:
+        for index, eps in enumerate(self.epsilons):
+            require(eps >= 0, f"{where}.epsilons[{index}]", ">= 0", eps)
+        require_counts(self, where, ("steps", "noise_samples", "num_points"))
+        return self
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,22 @@ class CertifyParams:
     device: str = "auto"
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
 
+    def check(self, where: str) -> CertifyParams:
+        if not self.sigmas or not self.radii:
+            raise ParamsError(f"{where}: sigmas and radii need at least one value each")
+        for index, sigma in enumerate(self.sigmas):
+            require(sigma > 0, f"{where}.sigmas[{index}]", "> 0 (the smoothing noise level)", sigma)
+        for index, radius in enumerate(self.radii):
+            require(radius >= 0, f"{where}.radii[{index}]", ">= 0", radius)
+        require_counts(self, where, ("n0", "n", "batch_size", "num_points"))
+        require(
+            self.n0 <= self.n, f"{where}.n0", f"<= n = {self.n} (selection draws may not outnumber estimation)", self.n0
+        )
+        require(0 < self.alpha < 1, f"{where}.alpha", "in (0, 1)", self.alpha)
+        require(self.curve_step > 0, f"{where}.curve_step", "> 0", self.curve_step)
+        require(self.threads >= 0, f"{where}.threads", ">= 0 (0 = torch's default)", self.threads)
+        return self
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="advreid certify", description=__doc__.splitlines()[0])
@@ -61,9 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     root = apply_environment()
     params = build(CertifyParams, load_params("certify.settings", root / "params.yaml"), "certify.settings")
-    if not params.sigmas or not params.radii:
-        raise ParamsError("certify.settings: sigmas and radii need at least one value each")
-    recon = build(ReconstructionEvalParams, params.reconstruction, "certify.settings.reconstruction")
+    params.check("certify.settings")
+    where = "certify.settings.reconstruction"
+    recon = build(ReconstructionEvalParams, params.reconstruction, where).check(where)
     dataset = load_params("train_classifier.dataset", root / "params.yaml")
     recon_dataset = load_params("train_classifier.reconstruction.dataset", root / "params.yaml")
     seed = load_params("seed", root / "params.yaml")

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from advreid.io import write_json
-from advreid.params import build, load_params
+from advreid.io import load_torch, write_json
+from advreid.params import build, load_params, require, require_counts
 from advreid.settings import apply_environment
 
 
@@ -35,6 +35,11 @@ class ReconstructorParams:
     epochs: int = 30
     batch_size: int = 64
     lr: float = 1e-3
+
+    def check(self, where: str) -> ReconstructorParams:
+        require_counts(self, where, ("measurements", "hidden", "epochs", "batch_size"))
+        require(self.lr > 0, f"{where}.lr", "> 0", self.lr)
+        return self
 
 
 @dataclass(frozen=True)
@@ -51,12 +56,22 @@ class ClassifierParams:
     device: str = "auto"
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
 
+    def check(self, where: str) -> ClassifierParams:
+        require_counts(self, where, ("epochs", "batch_size"))
+        require(self.lr > 0, f"{where}.lr", "> 0", self.lr)
+        require(0 <= self.momentum < 1, f"{where}.momentum", "in [0, 1)", self.momentum)
+        require(self.weight_decay >= 0, f"{where}.weight_decay", ">= 0", self.weight_decay)
+        require(self.threads >= 0, f"{where}.threads", ">= 0 (0 = torch's default)", self.threads)
+        return self
+
 
 def main(argv: list[str] | None = None) -> int:
     argparse.ArgumentParser(prog="advreid train-classifier", description=__doc__.splitlines()[0]).parse_args(argv)
     root = apply_environment()
     params = build(ClassifierParams, load_params("train_classifier", root / "params.yaml"), "train_classifier")
-    recon = build(ReconstructorParams, params.reconstruction, "train_classifier.reconstruction")
+    params.check("train_classifier")
+    where = "train_classifier.reconstruction"
+    recon = build(ReconstructorParams, params.reconstruction, where).check(where)
     seed = load_params("seed", root / "params.yaml")
 
     from advreid.certify.reconstruction import reconstruction_errors
@@ -191,7 +206,7 @@ def load_images(processed: Path, split: str, root: Path, device: torch.device | 
     if len(dataset) == 0:
         raise ValueError(f"{processed}: split '{split}' has no images")
     images = torch.stack([dataset.image(i) for i in range(len(dataset))])
-    labels = torch.as_tensor(np.asarray(dataset.labels), dtype=torch.long)
+    labels = torch.as_tensor(np.array(dataset.labels), dtype=torch.long)  # a writable copy: arrow memory is read-only
     return images.to(device), labels.to(device)
 
 
@@ -240,4 +255,4 @@ def load_reconstructor(path: Path, device: torch.device | str = "cpu") -> tuple[
 def _meta(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run the train_classifier stage first")
-    return torch.load(path, map_location="cpu", weights_only=True)["meta"]
+    return load_torch(path, "train_classifier checkpoint")["meta"]

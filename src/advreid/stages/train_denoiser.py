@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from advreid.io import atomic_path, write_json, write_text
-from advreid.params import ParamsError, build, load_params
+from advreid.io import atomic_path, load_torch, write_json, write_text
+from advreid.params import ParamsError, build, load_params, require, require_counts
 from advreid.settings import apply_environment
 
 if TYPE_CHECKING:
@@ -54,6 +54,19 @@ class DenoiserParams:
     device: str = "auto"
     threads: int = 0  # torch CPU threads; 0 keeps torch's default
 
+    def check(self, where: str) -> DenoiserParams:
+        if not self.sigmas:
+            raise ParamsError(f"{where}.sigmas: needs at least one noise level")
+        for index, sigma in enumerate(self.sigmas):
+            require(sigma > 0, f"{where}.sigmas[{index}]", "> 0 (the Gaussian noise level)", sigma)
+        require_counts(self, where, ("epochs", "batch_size", "q", "lr_step", "ae_width", "validation_points"))
+        require_counts(self, where, ("pretrain_epochs", "reconstruction_epochs", "threads"), minimum=0)
+        for name in ("mu", "lr", "pretrain_lr", "reconstruction_sigma"):
+            require(getattr(self, name) > 0, f"{where}.{name}", "> 0", getattr(self, name))
+        for name in ("lambda_cs", "lambda_mmd", "weight_decay"):
+            require(getattr(self, name) >= 0, f"{where}.{name}", ">= 0", getattr(self, name))
+        return self
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="advreid train-denoiser", description=__doc__.splitlines()[0])
@@ -62,9 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     root = apply_environment()
     params = build(
         DenoiserParams, load_params("train_denoiser.settings", root / "params.yaml"), "train_denoiser.settings"
-    )
-    if not params.sigmas:
-        raise ParamsError("train_denoiser.settings.sigmas: needs at least one noise level")
+    ).check("train_denoiser.settings")
     dataset = load_params("train_classifier.dataset", root / "params.yaml")
     recon_dataset = load_params("train_classifier.reconstruction.dataset", root / "params.yaml")
     seed = load_params("seed", root / "params.yaml")
@@ -201,7 +212,7 @@ def load_defense(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Mod
 
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run the train_denoiser stage for this method and noise level")
-    meta = torch.load(path, map_location="cpu", weights_only=True)["meta"]
+    meta = load_torch(path, "defense checkpoint")["meta"]
     defense = build_defense(
         get_method(meta["method"]), meta["channels"], tuple(meta["image_size"]), meta["latent_dim"],
         meta["denoiser_kwargs"], meta["ae_width"],

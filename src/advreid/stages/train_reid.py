@@ -49,7 +49,7 @@ from advreid.device import (
 )
 from advreid.io import write_json, write_text
 from advreid.models.reid import ReIDModel, build_reid_model
-from advreid.params import ParamsError, build, load_params
+from advreid.params import ParamsError, build, load_params, require, require_counts
 from advreid.reid.checkpoint import ReIDParams, model_entry
 from advreid.reid.engine import (
     LAST_CHECKPOINT,
@@ -105,8 +105,12 @@ class TrainSettings:
             raise ParamsError(f"{where}.k: the triplet loss needs K >= 2 images per identity, got {self.k}")
         if not 0 <= self.warmup_epochs <= self.epochs:
             raise ParamsError(f"{where}.warmup_epochs: must be in [0, epochs={self.epochs}], got {self.warmup_epochs}")
-        if self.lr <= 0 or self.weight_decay < 0 or self.pad < 0 or self.num_workers < 0:
-            raise ParamsError(f"{where}: need lr > 0, weight_decay >= 0, pad >= 0, num_workers >= 0")
+        require(self.lr > 0, f"{where}.lr", "> 0", self.lr)
+        require(self.weight_decay >= 0, f"{where}.weight_decay", ">= 0", self.weight_decay)
+        require_counts(self, where, ("pad", "num_workers", "seed"), minimum=0)
+        require(0 < self.gamma <= 1, f"{where}.gamma", "in (0, 1]", self.gamma)
+        require(0 <= self.label_smoothing < 1, f"{where}.label_smoothing", "in [0, 1)", self.label_smoothing)
+        require(self.margin >= 0, f"{where}.margin", ">= 0", self.margin)
         return self
 
 

@@ -18,13 +18,15 @@ from typing import Any, Final
 
 import yaml
 
+from advreid.errors import BadInputError
+
 LOCK_FILE = "dvc.lock"
 # DVC 3 writes ``hash: md5`` (plain md5); entries without it come from DVC 2, which hashed text files
 # after converting CRLF to LF ("md5-dos2unix").
 LEGACY_HASH = "md5-dos2unix"
 
 
-class LineageError(ValueError):
+class LineageError(BadInputError, ValueError):
     """The DVC files do not say what the caller asked about; the message names the file and path."""
 
 

@@ -298,3 +298,35 @@ def test_objective_must_return_one_loss_per_sample():
 def test_unknown_attack_lists_the_names():
     with pytest.raises(KeyError, match="pgd_l2"):
         get_attack("deepfool")
+
+
+def test_si_gradient_averages_exact_scales_one_over_two_to_the_i():
+    """Catches wrong SI scales (x / (i + 1), x * 2^i, ...): for f(x) = <w, x> the gradient at x / 2^i is w / 2^i,
+    so three scales average to w (1 + 1/2 + 1/4) / 3."""
+    from advreid.attacks.gradient import _gradient
+
+    w = torch.linspace(-1.0, 1.0, 2 * 3 * 4 * 4).reshape(2, 3, 4, 4)
+
+    def model(x):
+        return (x * w).flatten(1).sum(1, keepdim=True)
+
+    x = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    grad = _gradient(model, x, lambda out: out[:, 0], scales=3, samples=1)
+    torch.testing.assert_close(grad, w * (1 + 1 / 2 + 1 / 4) / 3)
+
+
+def test_random_start_is_uniform_in_the_ball_with_both_signs_and_mean_zero():
+    """Catches a one-sided or shrunken random start: L-inf noise is U(-eps, eps) (mean 0, half of it inside
+    eps / 2), L2 noise has both signs, mean 0 and norm at most eps."""
+    from advreid.attacks.gradient import _random_start
+
+    eps, generator = 0.1, torch.Generator().manual_seed(0)
+    x = torch.full((64, 3, 16, 16), 0.5)  # far from 0 and 1: the clamp changes nothing
+    noise = _random_start(x, "linf", eps, generator) - x
+    assert noise.abs().max() <= eps + 1e-7
+    assert abs(noise.mean().item()) < 0.002  # standard error eps / sqrt(3 N) ~ 0.0001
+    assert (noise > eps / 2).float().mean().item() == pytest.approx(0.25, abs=0.01)
+    assert (noise < -eps / 2).float().mean().item() == pytest.approx(0.25, abs=0.01)
+    noise = _random_start(x, "l2", eps, generator) - x
+    assert (noise.flatten(1).norm(dim=1) <= eps + 1e-6).all()
+    assert abs(noise.mean().item()) < 0.001 and (noise > 0).any() and (noise < 0).any()

@@ -167,3 +167,53 @@ def test_smooth_rejects_bad_classifier_output_and_parameters() -> None:
         Smooth(lambda b: b, 3, -0.1)
     with pytest.raises(ValueError, match="n0"):
         Smooth(lambda b: torch.zeros(b.shape[0], dtype=torch.long), 3, 0.1).certify(x, 0, 10, 0.01, 10)
+
+
+class _Scripted:
+    """A base classifier that ignores its input and returns the next labels of a fixed script, so the class
+    counts of the selection (first n0 calls' worth) and estimation draws are known exactly."""
+
+    def __init__(self, script: list[int]) -> None:
+        self.script, self.position = torch.tensor(script), 0
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        labels = self.script[self.position : self.position + len(batch)]
+        self.position += len(batch)
+        return labels
+
+
+def _image() -> torch.Tensor:
+    return torch.zeros(1, 2, 2)
+
+
+def test_certify_radius_is_sigma_times_phi_inverse_of_the_clopper_pearson_bound() -> None:
+    """Catches a radius from the point estimate nA / n: 90 of 100 estimation draws give sigma * Phi^-1(0.9) =
+    1.28 sigma from nA / n, but sigma * Phi^-1(0.793) = 0.82 sigma from the one-sided 99.9% Clopper-Pearson bound."""
+    sigma, n0, n, alpha = 0.5, 10, 100, 0.001
+    smooth = Smooth(_Scripted([0] * n0 + [0] * 90 + [1] * 10), num_classes=3, sigma=sigma)
+    prediction, radius = smooth.certify(_image(), n0=n0, n=n, alpha=alpha, batch_size=7)
+    # the exact two-sided interval at level 1 - 2 alpha has the one-sided alpha bound as its lower end
+    lower = binomtest(90, 100).proportion_ci(confidence_level=1 - 2 * alpha, method="exact").low
+    assert prediction == 0
+    assert radius == pytest.approx(sigma * norm.ppf(lower), rel=1e-9)
+    assert radius < 0.9 * sigma * norm.ppf(0.9)
+
+
+def test_certify_chooses_the_class_on_the_selection_draws_only() -> None:
+    """Catches cA chosen on the estimation draws: selection says class 2 (7 of 10), estimation counts class 1
+    80 times and class 2 20 times, so CERTIFY must count class 2 (20 / 100, bound < 1/2) and abstain."""
+    smooth = Smooth(_Scripted([2] * 7 + [1] * 3 + [1] * 80 + [2] * 20), num_classes=3, sigma=0.25)
+    assert smooth.certify(_image(), n0=10, n=100, alpha=0.001, batch_size=16) == (ABSTAIN, 0.0)
+    # the same estimation draws after a class-1 selection certify class 1
+    smooth = Smooth(_Scripted([1] * 10 + [1] * 80 + [2] * 20), num_classes=3, sigma=0.25)
+    prediction, radius = smooth.certify(_image(), n0=10, n=100, alpha=0.001, batch_size=16)
+    assert prediction == 1 and radius > 0
+
+
+def test_predict_tests_the_top_two_counts_over_their_sum_not_over_n() -> None:
+    """Catches PREDICT's binomial test over n: counts 30 / 15 / 55 (3 classes) give p = 0.009 for 55 of
+    55 + 30 (predict class 2 at alpha 0.05) but p = 0.37 for 55 of 100 (abstain)."""
+    script = [0] * 30 + [1] * 15 + [2] * 55
+    assert binomtest(55, 85, p=0.5).pvalue < 0.05 < binomtest(55, 100, p=0.5).pvalue
+    smooth = Smooth(_Scripted(script), num_classes=3, sigma=0.25)
+    assert smooth.predict(_image(), n=100, alpha=0.05, batch_size=32) == 2

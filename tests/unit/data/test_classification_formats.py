@@ -321,3 +321,41 @@ def test_registry_lists_every_reader() -> None:
 def test_empty_root_is_an_error_naming_it(tmp_path: Path, name: str) -> None:
     with pytest.raises(DatasetFormatError, match=str(tmp_path)):
         CLASSIFICATION_READERS[name](tmp_path)
+
+
+def test_a_cifar_batch_pickled_by_python3_at_protocol_2_loads(tmp_path: Path) -> None:
+    """Python 3 writes bytes at protocol 2 as _codecs.encode(str, 'latin1'); such a batch is harmless and loads."""
+    written = write_cifar10(tmp_path)
+    folder = written.root / "cifar-10-batches-py"
+    reference = read_cifar10(written.root)
+    for name in ["batches.meta", *(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]:
+        batch = pickle.loads((folder / name).read_bytes(), encoding="bytes")
+        payload = pickle.dumps(batch, protocol=2)
+        assert b"_codecs" in payload  # the form the restricted unpickler used to refuse
+        (folder / name).write_bytes(payload)
+    again = read_cifar10(written.root)
+    for name in reference.arrays:
+        assert np.array_equal(again.arrays[name], reference.arrays[name])
+    for split in reference.frames:
+        assert again.frames[split]["label"].tolist() == reference.frames[split]["label"].tolist()
+
+
+def test_codecs_encode_is_allowed_only_as_latin1_bytes(tmp_path: Path) -> None:
+    written = write_cifar10(tmp_path)
+    batch = written.root / "cifar-10-batches-py" / "data_batch_1"
+    # _codecs.encode("x", "rot13") pickled by hand: any codec but latin1 is refused
+    batch.write_bytes(b"\x80\x02c_codecs\nencode\nX\x01\x00\x00\x00xX\x05\x00\x00\x00rot13\x86R.")
+    with pytest.raises(DatasetFormatError, match=r"data_batch_1.*only as \(str, 'latin1'\)"):
+        read_cifar10(written.root)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "stl10", "mnist"])
+def test_a_dataset_file_that_is_a_symlink_loop_is_named(tmp_path: Path, name: str) -> None:
+    written = {"cifar10": write_cifar10, "stl10": write_stl10, "mnist": write_mnist}[name](tmp_path)
+    stem = {"cifar10": "data_batch_1", "stl10": "train_X.bin", "mnist": "train-images-idx3-ubyte"}[name]
+    victim = next(p for p in sorted(written.root.rglob("*")) if p.name.startswith(stem))
+    victim.unlink()
+    victim.symlink_to(victim.name)
+    with pytest.raises(DatasetFormatError, match="symbolic link loop") as info:
+        CLASSIFICATION_READERS[name](written.root)
+    assert victim.name in str(info.value)

@@ -219,7 +219,7 @@ def test_missing_root_is_an_error(tmp_path):
 def test_msmt17_both_layouts_and_val_merging(tmp_path, version):
     write_msmt17(tmp_path, version=version, train_ids=(0, 1, 2), test_ids=(0, 1), cameras=(7, 15), per_camera=2)
     train_dir = "train" if version == "v1" else "mask_train_v2"
-    merged = read_msmt17(tmp_path)
+    merged = read_msmt17(tmp_path, merge_val=True)
     assert {s: len(f) for s, f in merged.frames.items()} == {
         "train": 3 * 2 * 2,
         "query": 2 * 2,
@@ -232,7 +232,7 @@ def test_msmt17_both_layouts_and_val_merging(tmp_path, version):
     # pid 0 is a real MSMT17 person, kept in train and allowed in the query
     assert 0 in set(merged.frames["train"]["label"]) and 0 in set(merged.frames["query"]["label"])
 
-    separate = read_msmt17(tmp_path, merge_val=False)
+    separate = read_msmt17(tmp_path)  # the default keeps val separate, as torchreid and fast-reid do
     assert {s: len(f) for s, f in separate.frames.items()} == {"train": 9, "val": 3, "query": 4, "gallery": 8}
     assert sorted(pd.concat([separate.frames["train"], separate.frames["val"]])["path"]) == sorted(
         merged.frames["train"]["path"]
@@ -251,7 +251,7 @@ def test_msmt17_with_both_versions_needs_the_version_option(tmp_path):
     write_msmt17(tmp_path, version="v2", train_ids=(0, 1), test_ids=(0,))
     with pytest.raises(DatasetFormatError, match="version"):
         read_msmt17(tmp_path)
-    assert len(read_msmt17(tmp_path, version="v2").frames["train"]) == 2 * 3 * 2
+    assert len(read_msmt17(tmp_path, version="v2", merge_val=True).frames["train"]) == 2 * 3 * 2
 
 
 def test_msmt17_list_naming_a_missing_image_names_list_line_and_path(tmp_path):
@@ -329,3 +329,46 @@ def test_veri776_lists_are_the_source_of_truth(tmp_path):
     (tmp_path / "image_query" / missing).unlink()
     with pytest.raises(DatasetFormatError, match=rf"name_query\.txt line 1: .*{missing}"):
         read_veri776(tmp_path)
+
+
+@pytest.mark.parametrize("name", sorted(REID_READERS))
+def test_an_image_that_is_a_symlink_loop_is_named_not_dropped(tmp_path, name):
+    """Path.is_file() answers False for a loop, so the image used to vanish from the manifest silently."""
+    written = REID_WRITERS[name](tmp_path)
+    rows = written.expected
+    if "variant" in rows:  # CUHK03-NP: the reader reads the labeled variant by default
+        rows = rows[rows["variant"] == "labeled"]
+    victim = written.root / rows["path"].iloc[0]
+    victim.unlink()
+    victim.symlink_to(victim.name)  # points at itself
+    with pytest.raises(DatasetFormatError, match="symbolic link loop") as info:
+        REID_READERS[name](written.root)
+    assert victim.name in str(info.value)
+
+
+def test_a_split_folder_that_is_a_symlink_loop_is_named(tmp_path):
+    written = write_market1501(tmp_path)
+    shutil.rmtree(written.root / "query")
+    (written.root / "query").symlink_to("query")
+    with pytest.raises(DatasetFormatError, match=r"split folder .*query is a symbolic link loop"):
+        read_market1501(written.root)
+
+
+@pytest.mark.parametrize("name", ["dukemtmc", "msmt17", "cuhk03", "veri776"])
+def test_max_pixels_refuses_a_huge_image_before_decoding_it(tmp_path, name):
+    """Formats that declare no image size accepted any size; max_pixels bounds it (header only, no decode)."""
+    written = REID_WRITERS[name](tmp_path)  # 16 x 8 images: 128 pixels
+    assert len(_all_rows(REID_READERS[name](written.root, max_pixels=128))) == sum(written.counts.values())
+    with pytest.raises(DatasetFormatError, match=r"8x16 = 128 pixels, above max_pixels 127"):
+        REID_READERS[name](written.root, max_pixels=127)
+    with pytest.raises(DatasetFormatError, match="max_pixels must be an integer >= 1"):
+        REID_READERS[name](written.root, max_pixels="big")
+
+
+def test_a_decompression_bomb_is_the_readers_error_naming_the_file(tmp_path, monkeypatch):
+    from PIL import Image
+
+    written = write_market1501(tmp_path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50)  # 16 x 8 = 128 > 2 x 50: PIL raises DecompressionBombError
+    with pytest.raises(DatasetFormatError, match=r"\.jpg: image too large to decode safely"):
+        read_market1501(written.root, max_pixels=10**6)

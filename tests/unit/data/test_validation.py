@@ -341,3 +341,17 @@ def test_missing_core_column_is_named() -> None:
 def test_bad_rules_name_the_field(changes: dict, field: str) -> None:
     with pytest.raises(ValueError, match=f"ManifestRules.{field}"):
         ManifestRules(**{**REID_RULES.__dict__, **changes})
+
+
+def test_label_is_a_class_id_even_inside_a_wider_declared_range() -> None:
+    """Catches a lost "label is a class id" rule: with label_range 0..9 but 3 classes, label 5 passes the range
+    rule and must still fail as no class id (and stay out of the class counts)."""
+    frame = cls_frame()
+    frame = pd.concat([frame, pd.DataFrame([_row("train", "train.npy#6", 5, -1, 8, 8)])], ignore_index=True)
+    frame.loc[6, "class_name"] = "cat"
+    rules = ManifestRules(**{**CLS_RULES.__dict__, "label_range": (0, 9)})
+    report = validate_manifest(frame, rules, "toy")
+    assert failed(report) == {("expect_column_values_to_be_between", "label"): 1}
+    (failure,) = report.failures
+    assert failure.kwargs["max_value"] == 2 and failure.examples[0]["path"] == "train.npy#6"
+    assert validate_manifest(cls_frame(), rules, "toy").success  # class ids 0..2 pass both rules

@@ -72,3 +72,10 @@ def test_bad_arguments_are_named():
         pose_heatmaps(kp, 0, 8, sigma=1.0)
     with pytest.raises(ValueError, match=r"\(J, 3\)"):
         pose_heatmaps(kp[0], 8, 8, sigma=1.0)
+
+
+def test_scale_keypoints_with_a_non_uniform_resize_scales_x_by_width_and_y_by_height():
+    """Catches swapped factors, invisible under a uniform resize: 128 x 64 -> 64 x 256 halves y, quadruples x."""
+    kp = _keypoints((10.0, 100.0, 0.7), (63.5, 0.5, 1.0))
+    out = scale_keypoints(kp, (128, 64), (64, 256))
+    torch.testing.assert_close(out, _keypoints((40.0, 50.0, 0.7), (254.0, 0.25, 1.0)))

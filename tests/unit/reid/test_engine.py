@@ -250,3 +250,27 @@ def test_set_threads_validates_and_sets():
     torch.set_num_threads(before)
     with pytest.raises(ParamsError, match="x.threads: must be >= 0"):
         set_threads(-1, "x.threads")
+
+
+def test_pk_sampler_gives_k_distinct_images_per_identity_and_disjoint_batches_per_rank():
+    """Catches sampling with replacement where an identity has >= K images, and ranks that share batches."""
+    labels = np.repeat(np.arange(8), 5)  # 8 identities x 5 images
+    p, k, world = 2, 4, 2
+    for epoch in range(5):
+        per_rank = []
+        for rank in range(world):
+            sampler = PKSampler(labels, p=p, k=k, seed=3, rank=rank, world_size=world)
+            sampler.set_epoch(epoch)
+            indices = list(sampler)
+            assert len(indices) == len(sampler) == 2 * p * k  # 8 ids // P = 4 batches, 2 per rank
+            batches = [indices[i : i + p * k] for i in range(0, len(indices), p * k)]
+            for batch in batches:
+                ids = labels[batch]
+                assert len(set(ids.tolist())) == p
+                for identity in set(ids.tolist()):
+                    members = [i for i in batch if labels[i] == identity]
+                    assert len(members) == k == len(set(members))  # K distinct images
+            per_rank.append({frozenset(labels[b].tolist()) for b in batches})
+        ids_0 = set().union(*per_rank[0])
+        ids_1 = set().union(*per_rank[1])
+        assert not ids_0 & ids_1  # one epoch's identities split between the ranks, no batch shared

@@ -96,3 +96,64 @@ def test_single_shot_cmc_keeps_one_image_per_identity():
     assert _eval(dist, g_labels, g_cams).rank(1) == 0.0
     res = _eval(dist, g_labels, g_cams, single_shot_repeats=5, generator=torch.Generator().manual_seed(0))
     assert res.cmc.tolist()[:2] == [0.0, 1.0]
+
+
+def test_trapezoid_ap_with_a_rank1_hit_uses_precision_one_before_it():
+    """Catches a trapezoid AP that takes the precision 'before' a rank-1 hit as 0 instead of 1 (Market code:
+    old_precision starts at 1). Hits at ranks 1 and 3 of 3: ((1 + 1) / 2 + (1/2 + 2/3) / 2) / 2 = 19/24."""
+    matches = torch.tensor([[True, False, True]])
+    assert average_precision(matches, "trapezoid").item() == pytest.approx(19 / 24)
+    assert average_precision(matches, "noninterp").item() == pytest.approx((1 + 2 / 3) / 2)
+
+
+def test_single_shot_cmc_depends_on_the_random_gallery_draw():
+    """Catches a single-shot CMC that always keeps the first (or last) image of an identity instead of a random
+    one: identity 2 has one image nearer (0.1) and one farther (0.5) than the true match (0.3), so the match is
+    rank 1 exactly when the far image is drawn, in about half of the draws."""
+    dist = torch.tensor([[0.1, 0.3, 0.5]])
+    g_labels, g_cams = torch.tensor([2, 1, 2]), torch.tensor([2, 2, 2])
+    rank1 = [
+        _eval(dist, g_labels, g_cams, single_shot_repeats=200, generator=torch.Generator().manual_seed(s)).rank(1)
+        for s in (0, 1)
+    ]
+    assert all(0.35 < r < 0.65 for r in rank1)  # Binomial(200, 1/2): 0.35 and 0.65 are > 4 standard deviations
+    assert rank1[0] != rank1[1]  # the draw follows the generator
+
+
+def _features(n: int, seed: int) -> torch.Tensor:
+    return torch.randn(n, 4, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize(
+    ("side", "extra_label"),
+    [("gallery", 1), ("query", -1)],
+    ids=["gallery label without a feature row", "query feature row without a label"],
+)
+def test_evaluate_rank_refuses_labels_that_do_not_match_feature_rows(side, extra_label):
+    """Catches counts taken from the labels alone: a 4 x 10 case with one label too many or too few used to
+    give another mAP silently."""
+    qf, gf = _features(4, 0), _features(10, 1)
+    ql, gl = torch.tensor([1, 2, 3, 4]), torch.tensor([1, 2, 3, 4, 1, 2, 3, 4, 5, 5])
+    qc, gc = torch.ones(4, dtype=torch.long), torch.full((10,), 2)
+    if side == "gallery":
+        gl, gc = torch.cat([gl, torch.tensor([1])]), torch.cat([gc, torch.tensor([2])])
+    else:
+        ql, qc = ql[:-1], qc[:-1]
+    with pytest.raises(ValueError, match=f"the {side} side has"):
+        evaluate_rank(qf, gf, ql, gl, qc, gc)
+
+
+def test_evaluate_rank_refuses_a_distance_fn_with_the_wrong_chunk_shape_and_nan_features():
+    qf, gf = _features(4, 0), _features(10, 1)
+    ql, gl = torch.tensor([1, 2, 3, 4]), torch.tensor([1, 2, 3, 4, 1, 2, 3, 4, 5, 5])
+    qc, gc = torch.ones(4, dtype=torch.long), torch.full((10,), 2)
+    full = pairwise_distance(qf, gf)
+    with pytest.raises(ValueError, match=r"distance_fn returned shape \(2, 9\).*expected \(2, 10\)"):
+        evaluate_rank(qf, gf, ql, gl, qc, gc, chunk_size=2, distance_fn=lambda idx: full[idx][:, :9])
+    nan = qf.clone()
+    nan[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="query features hold NaN"):
+        evaluate_rank(nan, gf, ql, gl, qc, gc)
+    # the check must not change a valid result: same numbers with and without a distance_fn
+    plain = evaluate_rank(qf, gf, ql, gl, qc, gc)
+    assert evaluate_rank(qf, gf, ql, gl, qc, gc, distance_fn=lambda idx: full[idx]).mAP == plain.mAP

@@ -180,3 +180,11 @@ def test_bad_arguments_are_named():
         k_reciprocal_rerank(q.long(), g.long())
     with pytest.raises(ValueError, match="identical"):
         k_reciprocal_rerank(torch.ones(3, 2), torch.ones(5, 2), k1=2, k2=1)
+
+
+def test_nan_features_are_named_as_such_not_as_identical_features():
+    query, gallery = torch.randn(3, 4, dtype=torch.float64), torch.randn(5, 4, dtype=torch.float64)
+    gallery[2, 0] = float("nan")
+    with pytest.raises(ValueError, match="gallery features hold NaN") as info:
+        k_reciprocal_rerank(query, gallery, k1=3, k2=2, lambda_value=0.3)
+    assert "identical" not in str(info.value)

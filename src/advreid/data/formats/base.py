@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from advreid.errors import BadInputError
 
-class DatasetFormatError(ValueError):
+
+class DatasetFormatError(BadInputError, ValueError):
     """A dataset on disk does not match its documented layout; the message names the file and problem."""
+
+
+def link_problem(path: Path) -> str | None:
+    """``"a symbolic link loop"`` / ``"a broken symbolic link (to ...)"`` if ``path`` is one, else None.
+
+    ``Path.is_file()`` and ``is_dir()`` answer False for both, which would drop a file silently or call it missing.
+    """
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        if os.path.islink(path):
+            return f"a broken symbolic link (to {os.readlink(path)})"
+    return None
 
 
 @dataclass

@@ -23,14 +23,24 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from advreid.data.formats.base import DatasetFormatError, RawDataset
+from advreid.data.formats.base import DatasetFormatError, RawDataset, link_problem
 from advreid.data.images import ImageReadError, load_image
 
 # numpy.core.multiarray._reconstruct, whatever this numpy calls its module (numpy 2 moved it to numpy._core)
 _RECONSTRUCT = np.zeros(0).__reduce__()[0]
 
+
+def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+    """What ``_codecs.encode`` does in a Python 3 protocol-2 pickle: bytes objects are written as
+    ``_codecs.encode(<latin-1 str>, "latin1")``. Only that use is allowed (no other codec, no other argument)."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"_codecs.encode is allowed only as (str, 'latin1'), got encoding {encoding!r}")
+    return text.encode("latin1")
+
+
 # The globals a pickled numpy array needs, and nothing else: no builtins, no os, no callables beyond these.
 _PICKLE_GLOBALS: dict[tuple[str, str], Any] = {
+    ("_codecs", "encode"): _latin1_bytes,  # bytes in a protocol-2 pickle written by Python 3
     ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
     ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,  # the same function pickled under numpy 2
     ("numpy", "ndarray"): np.ndarray,
@@ -64,10 +74,18 @@ class _RestrictedUnpickler(pickle.Unpickler):
             ) from None
 
 
-def _load_pickle(path: Path) -> dict[bytes, Any]:
-    """Load a CIFAR pickle safely; errors name the file."""
+def _require_file(path: Path) -> None:
+    """A dataset file must exist as a regular file; a symbolic link loop or dangling link is named as such."""
+    problem = link_problem(path)
+    if problem:
+        raise DatasetFormatError(f"{path}: is {problem}")
     if not path.is_file():
         raise DatasetFormatError(f"{path}: file is missing")
+
+
+def _load_pickle(path: Path) -> dict[bytes, Any]:
+    """Load a CIFAR pickle safely; errors name the file."""
+    _require_file(path)
     try:
         with path.open("rb") as f:
             obj = _RestrictedUnpickler(f, path).load()
@@ -77,7 +95,8 @@ def _load_pickle(path: Path) -> dict[bytes, Any]:
         raise DatasetFormatError(f"{path}: corrupted or truncated pickle ({type(err).__name__}: {err})") from err
     if not isinstance(obj, dict):
         raise DatasetFormatError(f"{path}: expected a pickled dict, found {type(obj).__name__}")
-    return obj
+    # Python 2 wrote the keys as str, which loads as bytes; a batch re-pickled by Python 3 may have str keys
+    return {key.encode("latin1") if isinstance(key, str) else key: value for key, value in obj.items()}
 
 
 def _field(batch: dict[bytes, Any], key: bytes, path: Path) -> Any:
@@ -206,8 +225,7 @@ def read_cifar100(root: Path) -> RawDataset:
 def _stl_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     x_path, y_path = folder / f"{split}_X.bin", folder / f"{split}_y.bin"
     for path in (x_path, y_path):
-        if not path.is_file():
-            raise DatasetFormatError(f"{path}: file is missing")
+        _require_file(path)
     raw = np.fromfile(x_path, dtype=np.uint8)
     if raw.size == 0 or raw.size % STL_IMAGE_BYTES:
         raise DatasetFormatError(
@@ -273,8 +291,7 @@ def read_tinyimagenet(root: Path) -> RawDataset:
     index = {wnid: i for i, wnid in enumerate(wnids)}
 
     words_path = folder / "words.txt"
-    if not words_path.is_file():
-        raise DatasetFormatError(f"{words_path}: file is missing")
+    _require_file(words_path)
     words = dict(line.split("\t", 1) for line in words_path.read_text().splitlines() if "\t" in line)
     missing = [wnid for wnid in wnids if wnid not in words]
     if missing:
@@ -294,8 +311,7 @@ def read_tinyimagenet(root: Path) -> RawDataset:
         train_labels += [index[wnid]] * len(files)
 
     annotations = folder / "val" / "val_annotations.txt"
-    if not annotations.is_file():
-        raise DatasetFormatError(f"{annotations}: file is missing")
+    _require_file(annotations)
     val_paths: list[Path] = []
     val_labels: list[int] = []
     for number, line in enumerate(annotations.read_text().splitlines(), start=1):
@@ -308,6 +324,8 @@ def read_tinyimagenet(root: Path) -> RawDataset:
         if wnid not in index:
             raise DatasetFormatError(f"{annotations} line {number}: wnid {wnid!r} is not in {wnids_path.name}")
         path = folder / "val" / "images" / name
+        if link_problem(path):
+            raise DatasetFormatError(f"{annotations} line {number}: image {path} is {link_problem(path)}")
         if not path.is_file():
             raise DatasetFormatError(f"{annotations} line {number}: image {name} does not exist ({path})")
         val_paths.append(path)
@@ -325,6 +343,9 @@ def read_tinyimagenet(root: Path) -> RawDataset:
 def _idx_bytes(folder: Path, stem: str) -> tuple[Path, bytes]:
     """The bytes of ``stem`` or ``stem.gz`` (plain preferred when both exist)."""
     plain, packed = folder / stem, folder / f"{stem}.gz"
+    for candidate in (plain, packed):
+        if link_problem(candidate):
+            raise DatasetFormatError(f"{candidate}: is {link_problem(candidate)}")
     if plain.is_file():
         return plain, plain.read_bytes()
     if packed.is_file():
@@ -373,6 +394,9 @@ def read_mnist(root: Path) -> RawDataset:
     root = Path(root)
     marker = "train-images-idx3-ubyte"
     for folder in (root, root / "MNIST" / "raw"):
+        for candidate in (folder / marker, folder / f"{marker}.gz"):
+            if link_problem(candidate):
+                raise DatasetFormatError(f"{candidate}: is {link_problem(candidate)}")
         if (folder / marker).is_file() or (folder / f"{marker}.gz").is_file():
             break
     else:

@@ -25,9 +25,10 @@ from pathlib import Path, PurePosixPath
 
 import pandas as pd
 
-from advreid.data.formats.base import DatasetFormatError, RawDataset
+from advreid.data.formats.base import DatasetFormatError, RawDataset, link_problem
 from advreid.data.images import ImageReadError, describe_image
 
+DEFAULT_MAX_PIXELS = 4096 * 4096  # person / vehicle crops are far smaller; bigger is a broken or hostile file
 JUNK_LABEL = -1
 DISTRACTOR_LABEL = 0
 
@@ -113,26 +114,28 @@ _VERI776 = _NameFormat(
 )
 
 
-def read_market1501(root: Path, *, domain: str | None = None) -> RawDataset:
+def read_market1501(root: Path, *, domain: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> RawDataset:
     """Market-1501: ``bounding_box_train/`` (train), ``query/``, ``bounding_box_test/`` (gallery).
 
     Names ``PPPP_cCsS_FFFFFF_NN.jpg`` give id, camera (1..6), sequence S and frame F; id -1 is junk and
     0000 a distractor: both kept in the gallery, dropped from train, an error in the query.
     """
-    root = _existing_root(root, _MARKET.dataset)
-    return _read_split_folders(root, root, _MARKET_SPLITS, _MARKET, domain)
+    root = _existing_root(root, _MARKET.dataset, max_pixels)
+    return _read_split_folders(root, root, _MARKET_SPLITS, _MARKET, domain, max_pixels)
 
 
-def read_dukemtmc(root: Path, *, domain: str | None = None) -> RawDataset:
+def read_dukemtmc(root: Path, *, domain: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> RawDataset:
     """DukeMTMC-reID: the Market-1501 folders, names ``PPPP_cC_fFFFFFFF.jpg`` (cameras 1..8, frame F).
 
     Label -1 / 0 images (none in the release) would follow the Market-1501 rules.
     """
-    root = _existing_root(root, _DUKE.dataset)
-    return _read_split_folders(root, root, _MARKET_SPLITS, _DUKE, domain)
+    root = _existing_root(root, _DUKE.dataset, max_pixels)
+    return _read_split_folders(root, root, _MARKET_SPLITS, _DUKE, domain, max_pixels)
 
 
-def read_cuhk03(root: Path, *, variant: str = "labeled", domain: str | None = None) -> RawDataset:
+def read_cuhk03(
+    root: Path, *, variant: str = "labeled", domain: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> RawDataset:
     """CUHK03 new protocol (CUHK03-NP, 767 / 700 ids): ``{labeled,detected}/`` each with Market folders.
 
     Names ``PPPP_cC_N.png`` (cameras 1..2, N an image index, not a frame, so ``frame`` is -1).
@@ -143,12 +146,17 @@ def read_cuhk03(root: Path, *, variant: str = "labeled", domain: str | None = No
     """
     if variant not in ("labeled", "detected"):
         raise DatasetFormatError(f"cuhk03: variant must be 'labeled' or 'detected', not {variant!r}")
-    root = _existing_root(root, _CUHK03.dataset)
-    return _read_split_folders(root, root / variant, _MARKET_SPLITS, _CUHK03, domain)
+    root = _existing_root(root, _CUHK03.dataset, max_pixels)
+    return _read_split_folders(root, root / variant, _MARKET_SPLITS, _CUHK03, domain, max_pixels)
 
 
 def read_msmt17(
-    root: Path, *, merge_val: bool = True, version: str | None = None, domain: str | None = None
+    root: Path,
+    *,
+    merge_val: bool = False,
+    version: str | None = None,
+    domain: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> RawDataset:
     """MSMT17, v1 (``MSMT17_V1/{train,test}``) or v2 (``MSMT17_V2/{mask_train_v2,mask_test_v2}``).
 
@@ -159,10 +167,12 @@ def read_msmt17(
 
     Args:
         root: the folder holding ``MSMT17_V1`` or ``MSMT17_V2``, or one of those folders itself.
-        merge_val: put ``list_val.txt`` rows in ``train`` (torchreid's default) instead of a ``val`` split.
+        merge_val: put ``list_val.txt`` rows in ``train`` instead of a ``val`` split. Off by default, as in
+            torchreid and fast-reid, which merge only when asked (``combineall``): published MSMT17 numbers
+            train on ``list_train.txt`` alone.
         version: ``"v1"`` or ``"v2"``; needed only when both are present.
     """
-    root = _existing_root(root, _MSMT17.dataset)
+    root = _existing_root(root, _MSMT17.dataset, max_pixels)
     base, train_dir, test_dir = _msmt17_layout(root, version)
     lists = (
         ("train", train_dir, "list_train.txt"),
@@ -174,17 +184,17 @@ def read_msmt17(
     for split, image_dir, list_name in lists:
         entries.setdefault(split, []).extend(_read_list(base / list_name, image_dir, _MSMT17, labelled=True))
     _reject_duplicates(entries, _MSMT17.dataset)
-    return _dataset(root, entries, _MSMT17, domain)
+    return _dataset(root, entries, _MSMT17, domain, max_pixels)
 
 
-def read_veri776(root: Path, *, domain: str | None = None) -> RawDataset:
+def read_veri776(root: Path, *, domain: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> RawDataset:
     """VeRi-776: ``image_train/`` (train), ``image_query/`` (query), ``image_test/`` (gallery).
 
     Names ``VVVV_cCCC_TTTTTTTT_N.jpg`` give vehicle id, camera (1..20) and timestamp T (stored in
     ``timestamp``; ``frame`` is -1). Where ``name_train.txt`` / ``name_query.txt`` / ``name_test.txt``
     exist they list the split's images and are the source of truth; otherwise the folder is scanned.
     """
-    root = _existing_root(root, _VERI776.dataset)
+    root = _existing_root(root, _VERI776.dataset, max_pixels)
     entries: dict[str, list[tuple[Path, dict[str, int]]]] = {}
     for split, folder, list_name in _VERI_SPLITS:
         list_path = root / list_name
@@ -195,7 +205,7 @@ def read_veri776(root: Path, *, domain: str | None = None) -> RawDataset:
         else:
             entries[split] = _scan_folder(root / folder, _VERI776)
     _reject_duplicates(entries, _VERI776.dataset)
-    return _dataset(root, entries, _VERI776, domain)
+    return _dataset(root, entries, _VERI776, domain, max_pixels)
 
 
 REID_READERS: dict[str, Callable[..., RawDataset]] = {
@@ -207,8 +217,13 @@ REID_READERS: dict[str, Callable[..., RawDataset]] = {
 }
 
 
-def _existing_root(root: Path, dataset: str) -> Path:
+def _existing_root(root: Path, dataset: str, max_pixels: int) -> Path:
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise DatasetFormatError(f"{dataset}: option max_pixels must be an integer >= 1, got {max_pixels!r}")
     root = Path(root)
+    problem = link_problem(root)
+    if problem:
+        raise DatasetFormatError(f"{dataset}: dataset root {root} is {problem}")
     if not root.is_dir():
         raise DatasetFormatError(f"{dataset}: dataset root {root} is not a directory")
     return root
@@ -220,20 +235,25 @@ def _read_split_folders(
     splits: tuple[tuple[str, str], ...],
     fmt: _NameFormat,
     domain: str | None,
+    max_pixels: int,
 ) -> RawDataset:
     entries = {split: _scan_folder(base / folder, fmt) for split, folder in splits}
-    return _dataset(root, entries, fmt, domain)
+    return _dataset(root, entries, fmt, domain, max_pixels)
 
 
 def _scan_folder(folder: Path, fmt: _NameFormat) -> list[tuple[Path, dict[str, int]]]:
     """Every image file directly in ``folder`` with its parsed name fields."""
+    problem = link_problem(folder)
+    if problem:
+        raise DatasetFormatError(f"{fmt.dataset}: split folder {folder} is {problem}")
     if not folder.is_dir():
         raise DatasetFormatError(f"{fmt.dataset}: split folder {folder} is missing")
-    files = sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in _IMAGE_SUFFIXES
-    )
+    candidates = [p for p in folder.iterdir() if not p.name.startswith(".") and p.suffix.lower() in _IMAGE_SUFFIXES]
+    for p in candidates:
+        problem = link_problem(p)  # is_file() would call a loop "not a file" and drop the image silently
+        if problem:
+            raise DatasetFormatError(f"{fmt.dataset}: {p} is {problem}; replace it with the image or remove it")
+    files = sorted(p for p in candidates if p.is_file())
     if not files:
         raise DatasetFormatError(f"{fmt.dataset}: split folder {folder} contains no images")
     return [(p, fmt.parse(p.name, p)) for p in files]
@@ -256,6 +276,9 @@ def _read_list(list_path: Path, image_dir: Path, fmt: _NameFormat, labelled: boo
         if relative.is_absolute() or ".." in relative.parts:
             raise DatasetFormatError(f"{fmt.dataset}: {where}: path {fields[0]!r} must stay inside {image_dir}")
         path = image_dir.joinpath(*relative.parts)
+        problem = link_problem(path)
+        if problem:
+            raise DatasetFormatError(f"{fmt.dataset}: {where}: listed image {path} is {problem}")
         if not path.is_file():
             raise DatasetFormatError(f"{fmt.dataset}: {where}: listed image {fields[0]} does not exist ({path})")
         parsed = fmt.parse(relative.name, f"{where} ({fields[0]})")
@@ -312,13 +335,17 @@ def _child_dir(base: Path, name: str) -> Path | None:
 
 
 def _dataset(
-    root: Path, entries: dict[str, list[tuple[Path, dict[str, int]]]], fmt: _NameFormat, domain: str | None
+    root: Path,
+    entries: dict[str, list[tuple[Path, dict[str, int]]]],
+    fmt: _NameFormat,
+    domain: str | None,
+    max_pixels: int,
 ) -> RawDataset:
     frames = {}
     for split, items in entries.items():
         if fmt.market_labels:
             items = _apply_junk_rules(split, items, fmt.dataset)
-        rows = [_row(root, path, split, fields, fmt, domain or fmt.dataset) for path, fields in items]
+        rows = [_row(root, path, split, fields, fmt, domain or fmt.dataset, max_pixels) for path, fields in items]
         columns = list(_CORE) + list(fmt.extras)
         frame = pd.DataFrame(rows, columns=columns)
         for column in ("width", "height", "label", "camera", "frame", *fmt.extras):
@@ -342,9 +369,11 @@ def _apply_junk_rules(
     return items
 
 
-def _row(root: Path, path: Path, split: str, fields: dict[str, int], fmt: _NameFormat, domain: str) -> dict:
+def _row(
+    root: Path, path: Path, split: str, fields: dict[str, int], fmt: _NameFormat, domain: str, max_pixels: int
+) -> dict:
     try:
-        sha256, width, height = describe_image(path)
+        sha256, width, height = describe_image(path, max_pixels)
     except ImageReadError as err:
         raise DatasetFormatError(f"{fmt.dataset}: {err}") from err
     return {
