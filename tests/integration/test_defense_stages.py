@@ -115,6 +115,7 @@ def test_stages_write_their_declared_outputs(project, monkeypatch):
         assert eval_defense.main([name]) == 0
     metrics = json.loads((project / "reports" / "metrics" / "defense" / "mp_snn.json").read_text())
     cells = metrics["cells"]
+    assert "seconds" not in metrics and not any("seconds" in cell for cell in cells.values())  # MLflow only
     assert {"clean", "pgd-eps8", "ama-eps8", "transfer_pgd-eps8", "sweep_pgd-eps4", "sweep_pgd-eps64"} <= set(cells)
     assert cells["pgd-eps8"]["eot_samples"] == 2 and cells["pgd-eps8"]["draws"] == 2
     assert cells["transfer_pgd-eps8"]["eot_samples"] == 1
