@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from advreid.data.processed import write_dataset
 from advreid.data.registry import read_dataset, rules_for
 from advreid.data.synthetic import DemoSpec, generate_domain
 from advreid.data.validation import validate_manifest
-from advreid.stages.ingest import write_dataset
 
 from .common import Measurement
 

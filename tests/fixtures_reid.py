@@ -345,9 +345,9 @@ REID_WRITERS: dict[str, Callable[..., WrittenDataset]] = {
 
 def write_demo_project(root: Path, spec) -> Path:
     """A project root with both synthetic demo domains, raw (``data/raw``) and ingested (``data/processed``)."""
+    from advreid.data.processed import write_dataset
     from advreid.data.registry import read_dataset
     from advreid.data.synthetic import generate_demo
-    from advreid.stages.ingest import write_dataset
 
     generate_demo(root / "data" / "raw" / "demo_a", root / "data" / "raw" / "demo_b", spec, progress=False)
     for name in ("demo_a", "demo_b"):

@@ -28,6 +28,24 @@ def set_threads(threads: int, where: str) -> None:
         torch.set_num_threads(threads)
 
 
+def make_deterministic(threads: int, where: str) -> None:
+    """Make training repeat bit for bit on this machine: ``threads`` intra-op CPU threads (0 keeps torch's default,
+    one per core, so results then depend on the core count) and torch's deterministic algorithms.
+
+    Measured on CPU (README, "Determinism"): runs repeat exactly at a fixed thread count, and 1 vs 2 threads give
+    different weights (the partition of parallel reductions follows the thread count); deterministic algorithms
+    change nothing on CPU but make CUDA kernels (cuDNN, scatter/index adds, cuBLAS with the workspace setting
+    below) repeat. What no flag removes is the instruction set: ATen's vectorised kernels, oneDNN's JIT kernels and
+    MKL's GEMM each pick AVX-512, AVX2 or SSE code by CPU, and those round differently.
+    """
+    set_threads(threads, where)
+    # cuBLAS reads this when its first handle is created: reproducible GEMM reductions on CUDA
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    # warn_only: a CUDA op without a deterministic kernel warns instead of stopping the stage
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+
+
 def select_device(preference: str = "auto") -> torch.device:
     """The device to run on: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -14,10 +15,11 @@ from advreid.data.synthetic import DemoSpec
 from advreid.defense.training import DefenseSettings, load_defended_model, train_defense
 from advreid.params import ParamsError
 from advreid.reid.engine import LAST_CHECKPOINT, save_checkpoint
+from advreid.reid.training import TrainSettings, train_reid
 from advreid.stages import defense_report, eval_defense
 from advreid.stages import train_defense as train_defense_stage
-from advreid.stages.train_reid import TrainSettings, train_reid
 from tests.fixtures_reid import write_demo_project
+from tests.sigkill import kill_stage_when
 
 CPU = torch.device("cpu")
 SIZE = (32, 16)
@@ -117,6 +119,7 @@ def test_stages_write_their_declared_outputs(project, monkeypatch):
         assert eval_defense.main([name]) == 0
     metrics = json.loads((project / "reports" / "metrics" / "defense" / "mp_snn.json").read_text())
     cells = metrics["cells"]
+    assert "seconds" not in metrics and not any("seconds" in cell for cell in cells.values())  # MLflow only
     assert {"clean", "pgd-eps8", "ama-eps8", "transfer_pgd-eps8", "sweep_pgd-eps4", "sweep_pgd-eps64"} <= set(cells)
     assert cells["pgd-eps8"]["eot_samples"] == 2 and cells["pgd-eps8"]["draws"] == 2
     assert cells["transfer_pgd-eps8"]["eot_samples"] == 1
@@ -142,6 +145,37 @@ def test_stages_write_their_declared_outputs(project, monkeypatch):
     assert "Table 5.5" in tables and "MP-SNN* (demo)" in tables and "MP-SNN* R-50 (thesis)" in tables
     assert summary["mp_snn"]["sma-eps5"]["rank1_rerank"] == pytest.approx(100 * cells["sma-eps5"]["rank1_rerank"])
     assert (project / "reports" / "defense" / "rank1_vs_eps.png").stat().st_size > 0
+
+
+def test_resume_after_sigkill_equals_an_uninterrupted_run(project, tmp_path, monkeypatch):
+    """A real train_defense process killed mid-training resumes to the uninterrupted model, bit for bit."""
+    roots = {}
+    for name in ("reference", "killed"):
+        root = roots[name] = tmp_path / name
+        shutil.copytree(project, root, ignore=shutil.ignore_patterns("defense", "reports", "mlflow.db"))
+        _write_params(root)
+        params = yaml.safe_load((root / "params.yaml").read_text())
+        params["reid"]["threads"] = 1  # the killed process must use this session's thread count: bits depend on it
+        params["defense"]["train"]["epochs"] = 10
+        (root / "params.yaml").write_text(yaml.safe_dump(params))
+    last = roots["killed"] / "models" / "defense" / "mp_snn" / "checkpoints" / LAST_CHECKPOINT
+    ready = lambda: last.is_file() and torch.load(last, weights_only=True)["epoch"] >= 2  # noqa: E731
+    kill_stage_when(roots["killed"], "train_defense", ["mp_snn"], ready)
+    assert not (roots["killed"] / "models" / "defense" / "mp_snn" / "model.pt").exists()
+    for root in (roots["killed"], roots["reference"]):
+        monkeypatch.setenv("ADVREID_ROOT", str(root))
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        monkeypatch.chdir(root)
+        assert train_defense_stage.main(["mp_snn"]) == 0
+    a, b = (torch.load(r / "models/defense/mp_snn/model.pt", weights_only=True)["model"] for r in roots.values())
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    outs = (
+        "models/defense/mp_snn/model.pt",
+        "reports/defense/train/mp_snn.csv",
+        "reports/metrics/defense/train_mp_snn.json",
+    )
+    for out in outs:
+        assert (roots["killed"] / out).read_bytes() == (roots["reference"] / out).read_bytes(), out
 
 
 def test_bad_params_name_the_defense_or_key(project, monkeypatch):

@@ -11,11 +11,11 @@ import yaml
 
 from advreid.data.formats.base import DatasetFormatError
 from advreid.data.manifest import CORE_COLUMNS, read_manifest
+from advreid.data.processed import write_dataset
 from advreid.data.registry import read_dataset
 from advreid.data.validation import ValidationFailed
 from advreid.io import sha256_file
 from advreid.stages import ingest
-from advreid.stages.ingest import write_dataset
 from tests.fixtures_reid import truncate_file, write_market1501
 
 

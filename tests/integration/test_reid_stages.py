@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -18,15 +20,16 @@ from advreid.data.synthetic import DemoSpec
 from advreid.device import cleanup_distributed, init_distributed
 from advreid.models.reid import build_reid_model
 from advreid.params import ParamsError
-from advreid.reid import ranked_list
+from advreid.reid import ranked_list, training
 from advreid.reid.checkpoint import load_trained_model
 from advreid.reid.engine import LAST_CHECKPOINT
 from advreid.reid.evaluation import EvalSettings, domain_metrics, evaluate_domain
 from advreid.reid.metrics import evaluate_rank
 from advreid.reid.ranked_list import MATCH_COLOUR, MISMATCH_COLOUR, border_colours, ranked_gallery
+from advreid.reid.training import TrainSettings
 from advreid.stages import eval_reid, train_reid
-from advreid.stages.train_reid import TrainSettings
 from tests.fixtures_reid import write_demo_project
+from tests.sigkill import kill_stage_when
 
 CPU = torch.device("cpu")
 SIZE = (64, 32)  # images are drawn at this size: nothing is resized
@@ -44,9 +47,9 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _train(project: Path, settings: TrainSettings, checkpoints: Path | None, **kw) -> train_reid.TrainedModel:
+def _train(project: Path, settings: TrainSettings, checkpoints: Path | None, **kw) -> training.TrainedModel:
     source = project / "data" / "processed" / "demo_a"
-    return train_reid.train_reid("small_cnn", settings, source, checkpoints, device=CPU, root=project, **kw)
+    return training.train_reid("small_cnn", settings, source, checkpoints, device=CPU, root=project, **kw)
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -66,7 +69,7 @@ def test_training_reduces_the_loss_and_is_deterministic(project):
     assert [record["epoch"] for record in first.history] == [1, 2, 3, 4]
     assert losses[-1] < losses[0] - 0.3, losses
     assert _same_weights(first.model, second.model)
-    assert train_reid.training_curve(first.history) == train_reid.training_curve(second.history)
+    assert training.training_curve(first.history) == training.training_curve(second.history)
     assert first.meta["num_classes"] == SPEC.num_train_ids
     assert first.resumed_from == 0
 
@@ -85,7 +88,7 @@ def test_resume_after_an_interruption_continues_the_epoch_count(project, tmp_pat
     assert resumed.resumed_from == 2
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
     # on the CPU a resumed run is bit-identical to an uninterrupted one
-    assert train_reid.training_curve(resumed.history) == train_reid.training_curve(uninterrupted.history)
+    assert training.training_curve(resumed.history) == training.training_curve(uninterrupted.history)
     assert _same_weights(resumed.model, uninterrupted.model)
 
     # a finished checkpoint means DVC is re-running the stage: train again from epoch 1
@@ -227,6 +230,34 @@ def test_stages_write_their_declared_outputs(project, monkeypatch):
     assert Image.open(project / "reports" / "reid" / "ranked_tiny.png").format == "PNG"
 
 
+def test_resume_after_sigkill_equals_an_uninterrupted_run(project, tmp_path, monkeypatch, capsys):
+    """A real train_reid process killed mid-training (no cleanup at all) resumes to the same bits and bytes."""
+    roots = {}
+    for name in ("reference", "killed"):
+        root = roots[name] = tmp_path / name
+        shutil.copytree(project, root, ignore=shutil.ignore_patterns("models", "reports", "mlflow.db"))
+        _write_params(root)
+        params = yaml.safe_load((root / "params.yaml").read_text())
+        params["reid"]["threads"] = 1  # the killed process must use this session's thread count: bits depend on it
+        params["reid"]["models"]["tiny"]["train"].update(epochs=8, milestones=[5])
+        (root / "params.yaml").write_text(yaml.safe_dump(params))
+    last = roots["killed"] / "models" / "reid" / "tiny" / "checkpoints" / LAST_CHECKPOINT
+    ready = lambda: last.is_file() and torch.load(last, weights_only=True)["epoch"] >= 3  # noqa: E731
+    kill_stage_when(roots["killed"], "train_reid", ["tiny"], ready)
+    assert not (roots["killed"] / "models" / "reid" / "tiny" / "model.pt").exists()
+    for name in ("killed", "reference"):
+        monkeypatch.setenv("ADVREID_ROOT", str(roots[name]))
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{roots[name] / 'mlflow.db'}")
+        monkeypatch.chdir(roots[name])
+        assert train_reid.main(["tiny"]) == 0
+        if name == "killed":
+            assert re.search(r"8 epochs \(resumed after [3-7]\)", capsys.readouterr().out)
+    a, b = (torch.load(roots[n] / "models/reid/tiny/model.pt", weights_only=True)["model"] for n in roots)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for out in ("models/reid/tiny/model.pt", "reports/reid/train/tiny.csv", "reports/metrics/reid/train_tiny.json"):
+        assert (roots["killed"] / out).read_bytes() == (roots["reference"] / out).read_bytes(), out
+
+
 def test_bad_params_name_the_key(project, monkeypatch):
     monkeypatch.setenv("ADVREID_ROOT", str(project))
     monkeypatch.chdir(project)
@@ -247,7 +278,7 @@ def _ddp_worker(rank: int, root: str, workdir: str) -> None:
     init_distributed("cpu", init_method=f"file://{out / 'rendezvous'}", rank=rank, world_size=2)
     try:
         trained = _train(Path(root), replace(TINY, epochs=2), out / "ckpt")
-        curve = train_reid.training_curve(trained.history)
+        curve = training.training_curve(trained.history)
         result = {"state": trained.model.state_dict(), "resumed": trained.resumed_from, "curve": curve}
         torch.save({**result, "fingerprint": trained.meta["fingerprint"]}, out / f"rank{rank}.pt")
     finally:

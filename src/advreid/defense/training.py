@@ -274,8 +274,7 @@ def train_defense(
 
 def save_defended_model(path: str | Path, defended: DefendedModel) -> None:
     """Write the defended model file (the one format :func:`load_defended_model` reads), atomically."""
-    curve = [{k: v for k, v in record.items() if k != "images_per_second"} for record in defended.history]
-    save_checkpoint(path, defended.model, epoch=len(curve), history=curve, meta=defended.meta)
+    save_checkpoint(path, defended.model, epoch=len(defended.history), history=defended.history, meta=defended.meta)
 
 
 def load_defended_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[StochasticReIDModel, dict]:

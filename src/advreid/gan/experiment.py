@@ -119,9 +119,13 @@ def load_domains(params: GANParams, settings: GANSettings, root: Path) -> tuple[
     return source, target
 
 
-def train_run(params: GANParams, run: str, arch: str, root: Path, device: torch.device, on_log=None) -> dict:
+def train_run(
+    params: GANParams, run: str, arch: str, root: Path, device: torch.device, on_log=None
+) -> tuple[dict, dict[int, dict[str, Any]]]:
     """Train every seed of ``run``; write ``models/gan/<run>/seeds`` (atomically) and the loss-curve CSV.
-    Returns the training metrics (per seed: final losses, iterations/s)."""
+
+    Returns the training metrics (per seed: final losses), which depend on the inputs only, and per seed how this
+    call ran (``resumed_from``, ``iterations_per_second``: wall-clock, for MLflow, kept out of DVC's outputs)."""
     settings = params.run_settings(run)
     teacher_path = root / "models" / "reid" / params.teacher / "model.pt"
     teacher, teacher_meta = load_teacher(teacher_path, arch, (settings.height, settings.width), params.source)
@@ -136,7 +140,7 @@ def train_run(params: GANParams, run: str, arch: str, root: Path, device: torch.
         **{f"{d}_pose_sha256": sha256_file(processed / "pose" / f"{d}.parquet") for d in domains},
     }
     rows, metrics = [], {"run": run, "seeds": {}}
-    trained = {}
+    trained, progress = {}, {}
     for seed in params.seeds:
         result = train_ipes_gan(
             settings,
@@ -154,8 +158,8 @@ def train_run(params: GANParams, run: str, arch: str, root: Path, device: torch.
         trained[seed] = result
         rows += [{"seed": seed, **r} for r in result.history]
         ran = settings.max_iter - result.resumed_from
-        metrics["seeds"][str(seed)] = {
-            **{k: result.history[-1][k] for k in CURVE_COLUMNS[1:]},
+        metrics["seeds"][str(seed)] = {k: result.history[-1][k] for k in CURVE_COLUMNS[1:]}
+        progress[seed] = {
             "resumed_from": result.resumed_from,
             "iterations_per_second": ran / result.seconds if ran else None,
         }
@@ -189,7 +193,7 @@ def train_run(params: GANParams, run: str, arch: str, root: Path, device: torch.
     writer.writeheader()
     writer.writerows({**r, "iteration": int(r["iteration"])} for r in rows)
     write_text(root / "reports" / "gan" / "train" / f"{run}.csv", buffer.getvalue())
-    return metrics
+    return metrics, progress
 
 
 def subset(domain: DomainImages, count: int) -> DomainImages:

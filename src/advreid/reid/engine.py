@@ -43,6 +43,9 @@ from advreid.reid.losses import vanilla_reid_loss
 
 LAST_CHECKPOINT = "last.pt"
 SCHEDULES = ("step", "cosine")
+# Wall-clock numbers vary run to run: they reach on_epoch_end (MLflow) but never the history a checkpoint stores,
+# so a retraining with identical weights writes identical bytes (and DVC hashes).
+TIMINGS = ("images_per_second",)
 
 
 def seed_everything(seed: int) -> None:
@@ -117,7 +120,9 @@ def save_checkpoint(
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
         "epoch": epoch,
-        "history": history,
+        # Interned keys: pickle writes a string once per object, so records whose keys are equal but distinct
+        # objects (f-strings, or records read back from a checkpoint) would otherwise give other bytes.
+        "history": [{sys.intern(key): value for key, value in record.items()} for record in history],
         "rng": rng,
         "meta": meta or {},
     }
@@ -292,11 +297,12 @@ class ReIDEngine:
         """Train until ``epochs`` epochs are done, resuming from ``checkpoint_dir/last.pt`` when it exists.
 
         ``sampler.set_epoch(epoch)`` is called before each epoch when the sampler has it. ``on_epoch_end(epoch,
-        record)`` runs on every rank after the checkpoint is written; random draws it makes do not reach
-        training (the random states are restored after it), so evaluating there keeps resume exact. Under DDP
-        every rank resumes with rank 0's saved random states.
-        Returns the history: one dict per epoch with the averaged losses, ``acc``, ``images_per_second``,
-        ``lr`` (during the epoch) and ``epoch`` (1-based).
+        record)`` runs on every rank after the checkpoint is written, with the epoch's history record plus its
+        :data:`TIMINGS` (``images_per_second``); random draws it makes do not reach training (the random states
+        are restored after it), so evaluating there keeps resume exact. Under DDP every rank resumes with rank 0's
+        saved random states.
+        Returns the history: one dict per epoch with the averaged losses, ``acc``, ``lr`` (during the epoch) and
+        ``epoch`` (1-based), no timings.
         """
         if log_every < 1:
             raise ValueError(f"log_every must be >= 1, got {log_every}")
@@ -305,7 +311,7 @@ class ReIDEngine:
         start_epoch = 0
         if last is not None and last.is_file():
             checkpoint = load_checkpoint(last, self.model, self.optimizer, self.scheduler, self.scaler)
-            start_epoch, history = int(checkpoint["epoch"]), list(checkpoint["history"])
+            start_epoch, history = int(checkpoint["epoch"]), [_without_timings(r) for r in checkpoint["history"]]
             set_rng_state(checkpoint["rng"])
             generator = getattr(loader, "generator", None)
             if generator is not None and "loader" in checkpoint["rng"]:
@@ -318,7 +324,7 @@ class ReIDEngine:
             record.update(lr=lr, epoch=epoch + 1)
             if self.scheduler is not None:
                 self.scheduler.step()
-            history.append(record)
+            history.append(_without_timings(record))
             state = rng_state()
             generator = getattr(loader, "generator", None)  # a DataLoader's own shuffling generator, if given
             if generator is not None:
@@ -340,6 +346,11 @@ class ReIDEngine:
                 on_epoch_end(epoch, record)
                 set_rng_state(state)
         return history
+
+
+def _without_timings(record: dict[str, float]) -> dict[str, float]:
+    # also for checkpoints written before timings were kept out of them
+    return {key: value for key, value in record.items() if key not in TIMINGS}
 
 
 def train(

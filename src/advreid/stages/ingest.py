@@ -11,14 +11,12 @@ import argparse
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from advreid.data.manifest import to_table, write_manifest
+from advreid.data.processed import summarise, write_dataset
 from advreid.data.registry import read_dataset, rules_for
-from advreid.io import atomic_path, sha256_file, write_json
+from advreid.io import write_json
 from advreid.params import ParamsError, build, load_params
 from advreid.settings import apply_environment
 
@@ -67,38 +65,6 @@ def main(argv: list[str] | None = None) -> int:
         run.set_tags({f"advreid.manifest.{args.dataset}/{split}.sha256": h for split, h in manifests.items()})
     print(f"ingest@{args.dataset}: {len(frame)} images, splits {metrics['rows']}, validation passed -> {out_dir}")
     return 0
-
-
-def write_dataset(raw, out_dir: Path, raw_root: str) -> dict[str, str]:
-    """Write manifests, pixel arrays and dataset.json into ``out_dir`` atomically; return split -> sha256."""
-    hashes = {}
-    with atomic_path(out_dir, is_dir=True) as tmp:
-        for split, frame in sorted(raw.frames.items()):
-            write_manifest(to_table(frame, f"{raw.name}/{split}"), tmp / f"{split}.parquet")
-            hashes[split] = sha256_file(tmp / f"{split}.parquet")
-        for name, array in sorted(raw.arrays.items()):
-            np.save(tmp / name, np.ascontiguousarray(array), allow_pickle=False)
-        write_json(
-            tmp / "dataset.json",
-            {
-                "name": raw.name,
-                "kind": raw.kind,
-                "root": raw_root,
-                "image_size": raw.image_size,
-                "num_classes": raw.num_classes,
-                "splits": {s: {"rows": len(raw.frames[s]), "sha256": hashes[s]} for s in sorted(raw.frames)},
-            },
-        )
-    return hashes
-
-
-def summarise(raw, validated: bool) -> dict[str, Any]:
-    rows = {split: len(frame) for split, frame in sorted(raw.frames.items())}
-    labels = {split: int(frame["label"].nunique()) for split, frame in sorted(raw.frames.items())}
-    out: dict[str, Any] = {"rows": rows, "labels": labels, "validated": validated}
-    if raw.kind == "reid":
-        out["cameras"] = {s: int(f["camera"].nunique()) for s, f in sorted(raw.frames.items())}
-    return out
 
 
 def _resolve(root: Path, path: str) -> Path:

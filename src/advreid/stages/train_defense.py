@@ -23,7 +23,7 @@ import torch
 
 from advreid.defense.noise import IsotropicNoise
 from advreid.defense.training import DefenseParams, save_defended_model, train_defense
-from advreid.device import select_device, set_threads
+from advreid.device import make_deterministic, select_device
 from advreid.io import write_json, write_text
 from advreid.params import build, load_params
 from advreid.reid.checkpoint import ReIDParams, model_entry
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     params = build(DefenseParams, load_params("defense", root / "params.yaml"), "defense")
     settings = params.settings(args.defense)
     entry = model_entry(reid.models, params.model)
-    set_threads(reid.threads, "reid.threads")
+    make_deterministic(reid.threads, "reid.threads")
     device = select_device(reid.device)
     stage = f"train_defense@{args.defense}"
     out = root / "models" / "defense" / args.defense

@@ -14,7 +14,7 @@ import argparse
 import sys
 from dataclasses import asdict
 
-from advreid.device import select_device, set_threads
+from advreid.device import make_deterministic, select_device
 from advreid.gan.experiment import GANParams, train_run
 from advreid.io import write_json
 from advreid.params import build, load_params
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = params.run_settings(args.run)
     reid = build(ReIDParams, load_params("reid", root / "params.yaml"), "reid").check()
     arch = model_entry(reid.models, params.teacher)["arch"]
-    set_threads(params.threads, "gan.threads")
+    make_deterministic(params.threads, "gan.threads")
     device = select_device(params.device)
     stage = f"train_gan@{args.run}"
     from advreid.tracking.mlflow_run import stage_run
@@ -49,15 +49,19 @@ def main(argv: list[str] | None = None) -> int:
     manifests = {f"{d}/train": processed / d / "train.parquet" for d in (params.source, params.target)}
     with stage_run(stage, logged, manifests=manifests) as run:
         log = lambda seed, it, record: run.log_metrics({f"seed{seed}.{k}": v for k, v in record.items()}, step=it)  # noqa: E731
-        metrics = train_run(params, args.run, arch, root, device, on_log=log)
+        metrics, progress = train_run(params, args.run, arch, root, device, on_log=log)
         path = root / "reports" / "metrics" / "gan" / f"train_{args.run}.json"
         write_json(path, metrics)
+        for seed, ran in progress.items():  # wall-clock numbers: MLflow only, never a DVC output
+            run.set_tags({f"advreid.seed{seed}.resumed_from_iteration": ran["resumed_from"]})
+            if ran["iterations_per_second"] is not None:
+                run.log_metrics({f"seed{seed}.iterations_per_second": ran["iterations_per_second"]})
         run.log_artifact(root / "reports" / "gan" / "train" / f"{args.run}.csv", "gan")
         run.log_artifact(path, "gan")
     for seed, block in metrics["seeds"].items():
-        rate = block["iterations_per_second"]
+        rate, resumed_from = progress[int(seed)]["iterations_per_second"], progress[int(seed)]["resumed_from"]
         print(
-            f"{stage}: seed {seed}: {settings.max_iter} iterations (resumed after {block['resumed_from']}), "
+            f"{stage}: seed {seed}: {settings.max_iter} iterations (resumed after {resumed_from}), "
             f"L_Cyc {block['cyc']:.3f}, L_D {block['loss_d']:.3f}, "
             + (f"{rate:.2f} it/s on {device}" if rate else "nothing left to train")
         )

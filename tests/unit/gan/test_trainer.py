@@ -51,8 +51,13 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_checkpoint(tmp_pat
     resumed = _train(checkpoint_path=tmp_path / "b.pt")
     assert resumed.resumed_from == 2
     assert _equal(_state(whole), _state(resumed)) and whole.history == resumed.history
-    # the checkpoint files hold the same values (weights, optimizer states, history, random states)
-    _assert_same(torch.load(tmp_path / "a.pt", weights_only=True), torch.load(tmp_path / "b.pt", weights_only=True))
+    # the checkpoint files hold the same values (weights, optimizer states, history, the random states training
+    # draws from). Not Python's global `random`: training never draws from it, and other threads of the test
+    # session do (Prefect's client retries jitter their sleeps with random.uniform), so comparing it was flaky.
+    a, b = (torch.load(tmp_path / name, weights_only=True) for name in ("a.pt", "b.pt"))
+    for checkpoint in (a, b):
+        del checkpoint["rng"]["python"]
+    _assert_same(a, b)
 
 
 def _assert_same(a, b):

@@ -11,12 +11,12 @@ import pytest
 import skimage.data
 from PIL import Image
 
+from advreid.data.processed import write_dataset
 from advreid.data.registry import read_dataset
 from advreid.data.synthetic import DemoSpec, generate_domain
 from advreid.pose.estimator import EstimatorSettings, PoseEstimator, PoseResult, estimate_files, update_estimates
+from advreid.pose.extraction import PoseParams, run_pose
 from advreid.pose.keypoints import JOINT_INDEX, missing_keypoints, present, read_poses, read_poses_metadata
-from advreid.stages.ingest import write_dataset
-from advreid.stages.pose import PoseParams, run_pose
 
 J = JOINT_INDEX
 
