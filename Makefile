@@ -10,6 +10,8 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export DVC_SITE_CACHE_DIR ?= $(CURDIR)/.dvc/tmp/site-cache
 export PREFECT_LOGGING_LEVEL ?= WARNING
+# Prefect's 20 s default times out on a loaded machine (see advreid.settings.PREFECT_STARTUP_TIMEOUT_SECONDS).
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT := true
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
