@@ -33,7 +33,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip check
 	touch $(STAMP)
 
+# `advreid check` first: a bad param stops here, before `dvc repro` removes any stage's previous outputs.
 run: setup
+	$(BIN)/advreid check
 	$(BIN)/python flows/pipeline.py
 	@$(BIN)/advreid where
 
