@@ -14,6 +14,7 @@ source/user/git context tags) are set the same way.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import time
@@ -129,7 +130,23 @@ def tracking_uri(root: Path | None = None) -> str:
 
 
 def get_client(root: Path | None = None) -> MlflowClient:
-    return MlflowClient(tracking_uri=tracking_uri(root))
+    """A client of :func:`tracking_uri`. With a SQLite file, opening the store (which creates and migrates
+    a new database) holds an exclusive lock on ``<db>-lock``: two stage processes starting at once on a
+    fresh database otherwise both run MLflow's migrations and one fails (measured: ``duplicate column``)."""
+    uri = tracking_uri(root)
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=uri)
+    db = Path(uri.removeprefix("sqlite:///"))
+    lock_path = db.with_name(db.name + "-lock")  # git-ignored with the database (mlflow.db-*)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            client = MlflowClient(tracking_uri=uri)
+            client._tracking_client.store  # noqa: B018 - the store is created (and migrated) here, under the lock
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return client
 
 
 def artifact_location(tracking: str, root: Path | None = None) -> str | None:
