@@ -399,7 +399,7 @@ def test_prefect_yaml_deploys_offline(tmp_path: Path, prefect_api: str) -> None:
         gpu = client.read_deployment_by_name("advreid-pipeline/advreid-gpu")
 
     assert nightly.entrypoint == gpu.entrypoint == "flows/pipeline.py:pipeline"
-    assert set(nightly.parameter_openapi_schema["properties"]) == {"project_dir", "targets", "force"}
+    assert set(nightly.parameter_openapi_schema["properties"]) == {"project_dir", "targets", "force", "max_parallel"}
     assert nightly.work_pool_name == "advreid-process"
     (schedule,) = nightly.schedules
     assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 2 * * *", "UTC")
@@ -408,7 +408,8 @@ def test_prefect_yaml_deploys_offline(tmp_path: Path, prefect_api: str) -> None:
 
     assert gpu.work_pool_name == "advreid-k8s-gpu"
     assert gpu.schedules == []
-    assert gpu.job_variables["gpu_count"] == 1
+    # One GPU per parallel stage slot.
+    assert gpu.job_variables["gpu_count"] == gpu.parameters["max_parallel"] == 2
     assert gpu.job_variables["namespace"] == "advreid" and gpu.job_variables["image"]
     assert gpu.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": "/opt/advreid"}}]
 
