@@ -1,10 +1,13 @@
 """The advreid pipeline as a Prefect flow: Prefect outside, DVC inside.
 
 DVC decides what is stale and records lineage in ``dvc.lock``; Prefect adds retries, observability,
-schedules and remote (GPU) execution. Each DVC stage is one Prefect task that runs
-``dvc repro --single-item <stage>`` in a subprocess, so stage code never imports Prefect.
+schedules and remote (GPU) execution. The flow asks DVC once for the whole plan which stages are stale,
+runs each stale stage's command in its own process (one Prefect task per stage, up to
+``pipeline.max_parallel`` at a time, each pinned to a slot: a GPU or a CPU thread budget), and records
+each finished stage in ``dvc.lock`` through DVC's own API, one at a time and in DVC's plan order, so the
+lock and the outputs end exactly as a sequential ``dvc repro`` leaves them. Stage code never imports Prefect.
 
-    python flows/pipeline.py [--project-dir DIR] [--targets STAGE ...] [--force]
+    python flows/pipeline.py [--project-dir DIR] [--targets STAGE ...] [--force] [--max-parallel N]
 """
 
 from __future__ import annotations
@@ -15,52 +18,119 @@ import contextlib
 import fnmatch
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
 import yaml
 
-from advreid.settings import apply_environment, quiet_tools
+from advreid.settings import PREFECT_STARTUP_TIMEOUT_ENV, apply_environment, quiet_tools
 
 quiet_tools()  # before Prefect is imported: it reads its logging settings at import time
 
 from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
+from prefect.futures import as_completed  # noqa: E402
 
 from advreid.tracking.mlflow_run import log_parent_lock, numeric_leaves, parent_run  # noqa: E402
 
-# The venv's own DVC, whatever PATH says (workers may start with a bare PATH).
-DVC_COMMAND = (sys.executable, "-m", "dvc")
+# The venv's own interpreter, whatever PATH says (workers may start with a bare PATH).
+PREFLIGHT_COMMAND = (sys.executable, "-m", "advreid", "check")
 STDERR_TAIL_LINES = 40
 RETRIES = 2
 RETRY_DELAY_SECONDS = 30
+# advreid.errors.EXIT_BAD_INPUT: a stage's bad input or params fail the same way every time, so they are
+# never retried (literal here so the flow does not depend on the stage package's error module).
+EXIT_BAD_INPUT = 2
+# Seconds a stopped stage gets between SIGTERM and SIGKILL when another stage failed.
+STOP_GRACE_SECONDS = 10
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "ADVREID_THREADS")
 
 
 class StageRecord(TypedDict):
     stage: str
-    status: Literal["ran", "up-to-date", "failed"]
+    status: Literal["ran", "restored", "up-to-date", "failed", "stopped"]
     seconds: float
 
 
 class StageFailed(RuntimeError):
     """A DVC stage exited non-zero; the message ends with the tail of its stderr."""
 
+    def __init__(self, message: str, returncode: int | None = None) -> None:
+        super().__init__(message)
+        self.returncode = returncode
+
+
+class StageStopped(StageFailed):
+    """A stage the flow stopped because another stage failed (never retried)."""
+
+
+class PreflightFailed(StageFailed):
+    """``advreid check`` refused the params before anything was touched."""
+
+
+def should_retry(returncode: int | None) -> bool:
+    """Retry every failure but bad input/params (exit 2, deterministic); a killed process (a negative code,
+    or 128 + signal from a shell, e.g. 137 for SIGKILL) is transient and retried."""
+    return returncode != EXIT_BAD_INPUT
+
+
+def _retry_condition(task: Any, task_run: Any, state: Any) -> bool:
+    error = state.result(raise_on_failure=False)
+    if isinstance(error, StageStopped):
+        return False
+    return should_retry(error.returncode) if isinstance(error, StageFailed) else True
+
 
 @contextlib.contextmanager
-def _open_repo(project_dir: str | os.PathLike) -> Iterator[Any]:
+def _open_repo(project_dir: str | os.PathLike, lock: bool = False) -> Iterator[Any]:
     """DVC's Repo for ``project_dir``, with the working directory there while it is open.
 
     DVC resolves targets (``dvc.yaml``, stage names) and names stages relative to the working
-    directory, as its CLI does; the flow makes its DVC calls one at a time, so the chdir is safe.
+    directory, as its CLI does. Every DVC call of the flow goes through here under :data:`_DVC_LOCK`,
+    so the chdir is safe while stage processes run in other threads. With ``lock``, DVC's repository lock
+    is held too (DVC's stage methods assert it), which also keeps a concurrent ``dvc`` command out.
     """
     from dvc.repo import Repo
 
-    with contextlib.chdir(project_dir), Repo(os.curdir) as repo:
-        yield repo
+    with _DVC_LOCK, contextlib.chdir(project_dir), Repo(os.curdir) as repo:
+        if not lock:
+            yield repo
+            return
+        with repo.lock:
+            yield repo
+
+
+_DVC_LOCK = threading.RLock()
+
+
+@dataclass
+class Plan:
+    """The stages ``dvc repro`` would visit, in its order, with their direct upstream stages and the ones
+    DVC reports stale now (one status pass over the whole plan)."""
+
+    stages: list[str]
+    upstream: dict[str, list[str]] = field(default_factory=dict)
+    stale: set[str] = field(default_factory=set)
+    commands: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _collect_plan(repo: Any, targets: list[str] | None) -> tuple[list[Any], Any]:
+    from dvc.dvcfile import PROJECT_FILE
+    from dvc.repo.reproduce import collect_stages, get_active_graph, plan_repro
+
+    # DVC's own planner, so the order is exactly the one `dvc repro` would follow.
+    graph = get_active_graph(repo.index.graph)
+    plan = plan_repro(graph, collect_stages(repo, targets or [PROJECT_FILE]))
+    # `dvc add`-ed data (.dvc files) are graph nodes too, but there is nothing to reproduce.
+    return [stage for stage in plan if not stage.is_data_source], graph
 
 
 def plan_stages(project_dir: str | os.PathLike, targets: list[str] | None = None) -> list[str]:
@@ -71,53 +141,199 @@ def plan_stages(project_dir: str | os.PathLike, targets: list[str] | None = None
     the root ``dvc.yaml``, as a bare ``dvc repro`` does. Raises DVC's ``StageNotFound`` for an
     unknown target.
     """
-    from dvc.dvcfile import PROJECT_FILE
-    from dvc.repo.reproduce import collect_stages, get_active_graph, plan_repro
-
     with _open_repo(project_dir) as repo:
-        # DVC's own planner, so the order is exactly the one `dvc repro` would follow.
-        graph = get_active_graph(repo.index.graph)
-        plan = plan_repro(graph, collect_stages(repo, targets or [PROJECT_FILE]))
-        # `dvc add`-ed data (.dvc files) are graph nodes too, but there is nothing to reproduce.
-        return [stage.addressing for stage in plan if not stage.is_data_source]
+        stages, _ = _collect_plan(repo, targets)
+        return [stage.addressing for stage in stages]
+
+
+def build_plan(project_dir: str | os.PathLike, targets: list[str] | None = None) -> Plan:
+    """:func:`plan_stages` plus each stage's upstream stages, commands and whether it is stale now."""
+    with _open_repo(project_dir, lock=True) as repo:
+        stages, graph = _collect_plan(repo, targets)
+        names = {stage.addressing for stage in stages}
+        plan = Plan(stages=[stage.addressing for stage in stages])
+        for stage in stages:
+            plan.upstream[stage.addressing] = [s.addressing for s in graph.successors(stage) if s.addressing in names]
+            plan.commands[stage.addressing] = _commands(stage)
+            # A frozen stage is never run by `dvc repro`; its outputs are only verified.
+            if not stage.frozen and stage.changed():
+                plan.stale.add(stage.addressing)
+        return plan
+
+
+def _commands(stage: Any) -> list[str]:
+    return list(stage.cmd) if isinstance(stage.cmd, list) else str(stage.cmd or "").splitlines()
+
+
+def _stage(repo: Any, name: str) -> Any:
+    (stage,) = repo.stage.collect(name)
+    return stage
 
 
 def stage_is_up_to_date(project_dir: str | os.PathLike, stage: str) -> bool:
-    """True when ``dvc status <stage>`` reports nothing changed (deps, params, outs, command)."""
-    # A fresh Repo per call: an index cached before the previous stage's repro would be stale.
-    with _open_repo(project_dir) as repo:
-        return not repo.status(targets=[stage])
+    """True when DVC reports nothing changed for ``stage`` (deps, params, outs, command), or it is frozen."""
+    with _open_repo(project_dir, lock=True) as repo:
+        found = _stage(repo, stage)
+        return found.frozen or not found.changed()
+
+
+def prepare_stage(project_dir: str | os.PathLike, stage: str, force: bool) -> dict[str, Any] | None:
+    """What ``dvc repro`` does before a stage's command: remove its non-persistent outs and, unless
+    ``force``, restore it from DVC's run cache. Returns the command's ``subprocess`` arguments (cwd and
+    the environment DVC gives it: ``DVC_ROOT``, ``DVC_STAGE``), or None when the run cache restored it."""
+    from dvc.stage.cache import RunCacheNotFoundError
+    from dvc.stage.run import prepare_kwargs
+
+    with _open_repo(project_dir, lock=True) as repo:
+        found = _stage(repo, stage)
+        found.remove_outs(ignore_remove=False, force=False)
+        if not force:
+            try:
+                found.repo.stage_cache.restore(found)
+            except RunCacheNotFoundError:
+                pass
+            else:
+                return None  # recorded in dvc.lock by commit_stage, as for a stage that ran
+        return prepare_kwargs(found)
+
+
+def commit_stage(project_dir: str | os.PathLike, stage: str) -> None:
+    """What ``dvc repro`` does after a stage's command: hash deps and outs, save the run cache, move the
+    outs into DVC's cache and write the stage's entry of ``dvc.lock``."""
+    with _open_repo(project_dir, lock=True) as repo:
+        _record(_stage(repo, stage))
+
+
+def _record(stage: Any) -> None:
+    # As dvc.stage.Stage.run + dvc.repo.reproduce._reproduce_stage: no run cache with an uncached out.
+    no_cache_outs = any(not out.use_cache for out in stage.outs if not (out.is_metric or out.is_plot))
+    stage.save(run_cache=not no_cache_outs)
+    stage.commit()
+    stage.dump(update_pipeline=False)
+
+
+# Stage processes the flow may have to stop, by stage name.
+_PROCESSES: dict[str, subprocess.Popen] = {}
+_STOPPING = threading.Event()
 
 
 @task(cache_policy=NO_CACHE, retries=RETRIES, retry_delay_seconds=RETRY_DELAY_SECONDS)
-def run_stage(project_dir: str, stage: str, force: bool = False) -> StageRecord:
-    """Reproduce one DVC stage if DVC says it is stale (or ``force``); raise ``StageFailed`` on error.
+def run_stage(
+    project_dir: str, stage: str, commands: list[str], force: bool = False, slot_env: Mapping[str, str] | None = None
+) -> str:
+    """Run one stale DVC stage's command in its own process (``slot_env`` pins it to its slot); return
+    ``"ran"`` or ``"restored"`` (from DVC's run cache). Raises ``StageFailed`` with the stderr tail.
 
-    No Prefect caching: DVC's hashes are the only cache, so a Prefect cache could only be wrong.
+    No Prefect caching: DVC's hashes are the only cache, so a Prefect cache could only be wrong. The
+    stage is recorded in ``dvc.lock`` by the flow (:func:`commit_stage`), not here.
     """
-    start = time.perf_counter()
-    if not force and stage_is_up_to_date(project_dir, stage):
-        return StageRecord(stage=stage, status="up-to-date", seconds=time.perf_counter() - start)
-    command = [*DVC_COMMAND, "repro", "--single-item", *(["--force"] if force else []), stage]
-    returncode, stderr_tail = _run_streaming_stderr(command, cwd=project_dir)
-    if returncode != 0:
-        raise StageFailed(
-            f"DVC stage {stage!r} failed (exit code {returncode}) running {' '.join(command)!r} "
-            f"in {project_dir}; stderr tail:\n{stderr_tail}"
-        )
-    return StageRecord(stage=stage, status="ran", seconds=time.perf_counter() - start)
+    if _STOPPING.is_set():
+        raise StageStopped(f"DVC stage {stage!r} was not started: another stage failed")
+    kwargs = prepare_stage(project_dir, stage, force)
+    if kwargs is None:
+        return "restored"
+    kwargs["env"].update(slot_env or {})
+    prefix = f"[{stage}] " if slot_env else ""
+    for command in commands:
+        returncode, stderr_tail = _run_streaming_stderr(stage, command, kwargs, prefix)
+        if returncode != 0:
+            kind = StageStopped if _STOPPING.is_set() else StageFailed
+            raise kind(
+                f"DVC stage {stage!r} failed (exit code {returncode}) running {command!r} "
+                f"in {kwargs['cwd']}; stderr tail:\n{stderr_tail}",
+                returncode,
+            )
+    return "ran"
 
 
-def _run_streaming_stderr(command: list[str], cwd: str) -> tuple[int, str]:
-    """Run ``command``; stdout passes through, stderr is echoed live and its last lines kept."""
+def _run_streaming_stderr(stage: str, command: str, kwargs: Mapping[str, Any], prefix: str) -> tuple[int, str]:
+    """Run ``command`` in DVC's shell; stdout passes through, stderr is echoed live and its last lines kept.
+
+    Its own session, so that stopping it reaches the shell's children too.
+    """
+    from dvc.stage.run import _make_cmd, get_executable
+
     tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
-    with subprocess.Popen(command, cwd=cwd, stderr=subprocess.PIPE, text=True, errors="replace") as proc:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            sys.stderr.write(line)
-            tail.append(line)
-        returncode = proc.wait()
+    popen = {**kwargs, "stderr": subprocess.PIPE, "text": True, "errors": "replace", "start_new_session": True}
+    with subprocess.Popen(_make_cmd(get_executable(), command), **popen) as proc:
+        _PROCESSES[stage] = proc
+        try:
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                sys.stderr.write(prefix + line)
+                tail.append(line)
+            returncode = proc.wait()
+        finally:
+            _PROCESSES.pop(stage, None)
     return returncode, "".join(tail).rstrip()
+
+
+def _stop_running() -> None:
+    """SIGTERM every running stage's process group, SIGKILL what is left after the grace period."""
+    _STOPPING.set()
+    for proc in list(_PROCESSES.values()):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for proc in list(_PROCESSES.values()):
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids the flow may hand to slots: ``CUDA_VISIBLE_DEVICES`` when set, else ``nvidia-smi -L``'s."""
+    if (visible := os.environ.get("CUDA_VISIBLE_DEVICES")) is not None:
+        return [gpu for gpu in visible.split(",") if gpu.strip() and gpu.strip() != "-1"]
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(listing.splitlines()) if line.startswith("GPU ")]
+
+
+def slot_environment(slot: int, max_parallel: int, gpus: Sequence[str], cpus: int | None = None) -> dict[str, str]:
+    """The environment pinning a stage to ``slot``: its GPU (``CUDA_VISIBLE_DEVICES``, round robin over
+    ``gpus``) and an equal share of the CPU cores as thread budget (OpenMP, MKL, OpenBLAS, torch)."""
+    threads = max(1, (cpus or os.cpu_count() or 1) // max(1, max_parallel))
+    env = dict.fromkeys(THREAD_ENV, str(threads))
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+    return env
+
+
+def max_parallel_param(project_dir: str | os.PathLike) -> int:
+    """``pipeline.max_parallel`` of the project's params.yaml (default 1: one stage at a time, as DVC)."""
+    value = _pipeline_params(project_dir).get("max_parallel", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"{Path(project_dir) / 'params.yaml'}: pipeline.max_parallel must be an integer >= 1, got {value!r}"
+        )
+    return value
+
+
+def _pipeline_params(project_dir: str | os.PathLike) -> dict[str, Any]:
+    path = Path(project_dir) / "params.yaml"
+    params = yaml.safe_load(path.read_text()) if path.is_file() else None
+    return (params or {}).get("pipeline") or {}
+
+
+def preflight(project_dir: str | os.PathLike, commands: Sequence[str]) -> None:
+    """``advreid check`` before anything is touched, when any command to run is an ``advreid`` stage:
+    a bad param then fails the flow with every previous output intact. Raises ``PreflightFailed``."""
+    if not any(command.split()[:1] == ["advreid"] for command in commands):
+        return
+    proc = subprocess.run(PREFLIGHT_COMMAND, cwd=project_dir, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise PreflightFailed(
+            f"advreid check refused the params (exit code {proc.returncode}); nothing was run or removed:\n"
+            f"{proc.stderr.strip() or proc.stdout.strip()}",
+            proc.returncode,
+        )
 
 
 def headline_metrics(project_dir: str | os.PathLike) -> dict[str, float]:
@@ -156,9 +372,7 @@ def headline(metrics: Mapping[str, float], patterns: Sequence[str] = DEFAULT_HEA
 
 def headline_patterns(project_dir: str | os.PathLike) -> tuple[str, ...]:
     """``pipeline.headline`` of the project's params.yaml, or :data:`DEFAULT_HEADLINE`."""
-    path = Path(project_dir) / "params.yaml"
-    params = yaml.safe_load(path.read_text()) if path.is_file() else None
-    patterns = ((params or {}).get("pipeline") or {}).get("headline")
+    patterns = _pipeline_params(project_dir).get("headline")
     return tuple(patterns) if patterns else DEFAULT_HEADLINE
 
 
@@ -174,42 +388,132 @@ def format_summary(records: list[StageRecord], metrics: Mapping[str, float]) -> 
 
 
 @flow(name="advreid-pipeline")
-def pipeline(project_dir: str = ".", targets: list[str] | None = None, force: bool = False) -> dict[str, Any]:
-    """Run the DVC pipeline stage by stage inside one MLflow parent run; return the summary.
+def pipeline(
+    project_dir: str = ".", targets: list[str] | None = None, force: bool = False, max_parallel: int | None = None
+) -> dict[str, Any]:
+    """Run the DVC pipeline inside one MLflow parent run; return the summary.
 
-    Returns ``{"stages": [StageRecord...], "metrics": {...}, "parent_run_id": str, "summary": str}``.
-    A failing stage stops the pipeline (as ``dvc repro`` does) and fails the flow with its stderr tail.
+    Up to ``max_parallel`` (default ``pipeline.max_parallel`` of params.yaml) stages whose upstream stages
+    are done run at once. Returns ``{"stages": [StageRecord...], "metrics": {...}, "parent_run_id": str,
+    "summary": str}``, the records in DVC's plan order with each stage's wall time. A failing stage stops
+    the others (SIGTERM, not recorded in dvc.lock) and fails the flow with its stderr tail.
     """
     root = apply_environment(Path(project_dir))
-    stages = plan_stages(root, targets)
-    records: list[StageRecord] = []
+    parallel = max_parallel or max_parallel_param(root)
+    plan = build_plan(root, targets)
+    to_run = plan.stages if force else sorted(plan.stale)
+    records: dict[str, StageRecord] = {}
     failure: BaseException | None = None
-    run_params = {"targets": " ".join(targets or []) or "all", "force": force}
+    run_params = {"targets": " ".join(targets or []) or "all", "force": force, "max_parallel": parallel}
     # Stage processes started in this block nest their MLflow runs under it (ADVREID_MLFLOW_PARENT_RUN_ID).
     with parent_run("pipeline", run_params, root=root) as parent:
-        # Sequential on purpose: DVC holds a repo-wide lock during a repro, so stages cannot overlap;
-        # the order is DVC's own topological plan.
-        for stage in stages:
-            start = time.perf_counter()
-            state = run_stage.with_options(name=stage, task_run_name=stage)(str(root), stage, force, return_state=True)
-            if state.is_failed():
-                failure = state.result(raise_on_failure=False)
-                if not isinstance(failure, BaseException):  # a failed state without an exception
-                    failure = StageFailed(f"DVC stage {stage!r} failed: {state.message}")
-                records.append(StageRecord(stage=stage, status="failed", seconds=time.perf_counter() - start))
-                break
-            records.append(state.result())
+        try:
+            preflight(root, [c for stage in to_run for c in plan.commands[stage]])
+        except PreflightFailed as err:
+            failure = err
+        else:
+            failure = _execute(root, plan, force, parallel, records)
+        ordered = [records[stage] for stage in plan.stages if stage in records]
         # dvc.lock is complete only now; it also holds the stages that finished before a failure.
-        if (root / "dvc.lock").is_file():
+        if (root / "dvc.lock").is_file() and any(r["status"] in ("ran", "restored") for r in ordered):
             log_parent_lock(parent, root)
         metrics = headline_metrics(root) if failure is None else {}
         parent.log_metrics(metrics)
-        summary = format_summary(records, headline(metrics, headline_patterns(root)))
+        parent.log_metrics({f"seconds.{r['stage']}": r["seconds"] for r in ordered if r["status"] == "ran"})
+        summary = format_summary(ordered, headline(metrics, headline_patterns(root)))
         print(summary)
         if failure is not None:
             # Raised inside the parent run so that MLflow marks it FAILED too.
             raise failure
-    return {"stages": records, "metrics": metrics, "parent_run_id": parent.run_id, "summary": summary}
+    return {"stages": ordered, "metrics": metrics, "parent_run_id": parent.run_id, "summary": summary}
+
+
+def _execute(
+    root: Path, plan: Plan, force: bool, parallel: int, records: dict[str, StageRecord]
+) -> BaseException | None:
+    """Schedule the plan: launch ready stale stages into free slots, record finished ones in plan order."""
+    _STOPPING.clear()
+    gpus = visible_gpus() if parallel > 1 else []
+    free_slots = list(range(parallel))
+    status: dict[str, str] = dict.fromkeys(plan.stages, "pending")
+    started: dict[str, float] = {}
+    running: dict[Any, tuple[str, int]] = {}  # future -> (stage, slot)
+    failure: BaseException | None = None
+    cursor = 0  # dvc.lock entries are written in plan order, as a sequential `dvc repro` writes them
+    while True:
+        progressed = True
+        while progressed:
+            progressed = False
+            while cursor < len(plan.stages) and status[plan.stages[cursor]] in ("finished", "done"):
+                if status[plan.stages[cursor]] == "finished":
+                    _commit(root, plan.stages[cursor], status, records)
+                    progressed = True
+                cursor += 1
+            if failure is not None:
+                continue
+            for stage in plan.stages:
+                upstream = plan.upstream[stage]
+                if status[stage] != "pending" or any(status[u] != "done" for u in upstream):
+                    continue
+                if not force and not _needs_run(root, plan, stage, records):
+                    status[stage] = "done"
+                    records[stage] = StageRecord(stage=stage, status="up-to-date", seconds=0.0)
+                    progressed = True
+                elif free_slots:
+                    slot = free_slots.pop(0)
+                    slot_env = slot_environment(slot, parallel, gpus) if parallel > 1 else None
+                    started[stage] = time.perf_counter()
+                    task_ = run_stage.with_options(
+                        name=stage, task_run_name=stage, retries=RETRIES, retry_delay_seconds=RETRY_DELAY_SECONDS,
+                        retry_condition_fn=_retry_condition,
+                    )  # fmt: skip
+                    running[task_.submit(str(root), stage, plan.commands[stage], force, slot_env)] = (stage, slot)
+                    status[stage] = "running"
+                    progressed = True
+        if not running:
+            # After a failure, what finished is still recorded (plan order); nothing else was started.
+            for stage in plan.stages:
+                if status[stage] == "finished":
+                    _commit(root, stage, status, records)
+            return failure
+        future = next(as_completed(list(running)))
+        stage, slot = running.pop(future)
+        free_slots.append(slot)
+        seconds = time.perf_counter() - started[stage]
+        outcome = future.result(raise_on_failure=False)  # the task's return value, or its exception
+        if outcome in ("ran", "restored"):
+            status[stage] = "finished"
+            records[stage] = StageRecord(stage=stage, status=outcome, seconds=seconds)
+            continue
+        error = outcome if isinstance(outcome, BaseException) else StageFailed(f"DVC stage {stage!r} failed: {outcome}")
+        stopped = isinstance(error, StageStopped)
+        records[stage] = StageRecord(stage=stage, status="stopped" if stopped else "failed", seconds=seconds)
+        status[stage] = "failed"
+        if failure is None and not stopped:
+            failure = error
+            _stop_running()
+
+
+def _commit(root: Path, stage: str, status: dict[str, str], records: dict[str, StageRecord]) -> None:
+    start = time.perf_counter()
+    commit_stage(root, stage)
+    records[stage]["seconds"] += time.perf_counter() - start
+    status[stage] = "done"
+
+
+def _needs_run(root: Path, plan: Plan, stage: str, records: Mapping[str, StageRecord]) -> bool:
+    """Stale in the plan's one status pass; a stage below one that ran this time is asked again, as
+    ``dvc repro`` does (an upstream that rewrote identical outputs leaves it up to date)."""
+    if any(records.get(u, {}).get("status") in ("ran", "restored") for u in plan.upstream[stage]):
+        return not stage_is_up_to_date(root, stage)
+    return stage in plan.stale
+
+
+STARTUP_ADVICE = (
+    "Prefect's local API server did not start in time (the machine is probably busy). Set "
+    f"{PREFECT_STARTUP_TIMEOUT_ENV} higher (the project's default is in advreid.settings), or start a "
+    "server once with `prefect server start --host 127.0.0.1` and set PREFECT_API_URL=http://127.0.0.1:4200/api."
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,13 +521,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--project-dir", default=".", help="the DVC project (default: current directory)")
     parser.add_argument("--targets", nargs="+", help="stages to reproduce, with their upstream stages")
     parser.add_argument("--force", action="store_true", help="reproduce even stages DVC reports up to date")
+    parser.add_argument("--max-parallel", type=int, help="stages at once (default: pipeline.max_parallel)")
     args = parser.parse_args(argv)
     # Before the flow starts: Prefect's ephemeral API reads PREFECT_HOME when it starts up.
     apply_environment(Path(args.project_dir))
     try:
-        pipeline(project_dir=args.project_dir, targets=args.targets, force=args.force)
+        pipeline(project_dir=args.project_dir, targets=args.targets, force=args.force, max_parallel=args.max_parallel)
+    except PreflightFailed as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_BAD_INPUT
     except StageFailed as exc:
         print(exc, file=sys.stderr)
+        return 1
+    except RuntimeError as exc:
+        if "ephemeral Prefect API server" not in str(exc):
+            raise
+        print(f"{exc}\n{STARTUP_ADVICE}", file=sys.stderr)
         return 1
     return 0
 

@@ -44,6 +44,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "chapter-5 tables 5.1-5.4, 5.6, 5.7 and the rank-1 vs eps plot",
     ),
     "profile": ("advreid.profile", "print `dvc exp run -S` arguments applying an override file (params.thesis.yaml)"),
+    "check": ("advreid.preflight", "pre-flight: build and check every stage's params, touching nothing (exit 2)"),
     "where": ("advreid.stages.where", "print where results, plots and the MLflow database are, and how to browse them"),
 }
 

@@ -9,6 +9,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -43,13 +44,35 @@ STAGE_SCRIPTS = {
         "with open('attempts.log', 'a') as f:\n"
         "    f.write('attempt\\n')\n"
         "print('boom: custom failure 42', file=sys.stderr)\n"
-        "sys.exit(3)\n"
+        "sys.exit(int(sys.argv[1]) if len(sys.argv) > 1 else 3)\n"
+    ),
+    # Killed by SIGKILL on its first attempt (as the OOM killer or a preempted node would), fine after.
+    "flaky.py": (
+        "import os, signal\n"
+        "from pathlib import Path\n"
+        "with open('attempts.log', 'a') as f:\n"
+        "    f.write('attempt\\n')\n"
+        "if not Path('killed.flag').exists():\n"
+        "    Path('killed.flag').write_text('1')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "Path('flaky.txt').write_text('survived\\n')\n"
+    ),
+    # A slow stage that logs when it ran (outside its outs, which stay deterministic).
+    "slow.py": (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "name, seconds = sys.argv[1], float(sys.argv[2])\n"
+        "start = time.time()\n"
+        "time.sleep(seconds)\n"
+        "with open('times.log', 'a') as f:\n"
+        "    f.write(f'{name} {start} {time.time()}\\n')\n"
+        "Path(f'{name}.txt').write_text(name * 3 + Path('a.txt').read_text())\n"
     ),
 }
 
 
-def _stage(script: str, deps: list[str], outs: list[str], metrics: list[str] | None = None) -> dict:
-    stage: dict = {"cmd": f"{PYTHON} {script}", "deps": [script, *deps], "outs": outs}
+def _stage(script: str, deps: list[str], outs: list[str], metrics: list[str] | None = None, args: str = "") -> dict:
+    stage: dict = {"cmd": f"{PYTHON} {script} {args}".rstrip(), "deps": [script, *deps], "outs": outs}
     if metrics:
         stage["metrics"] = [{m: {"cache": False}} for m in metrics]
     return stage
@@ -150,7 +173,9 @@ def test_flow_runs_stages_once_and_tracks_them(tmp_path: Path, isolated_env: str
     client = MlflowClient(tracking_uri=isolated_env)
     parent = client.get_run(first["parent_run_id"])
     assert parent.info.status == "FINISHED"
-    assert parent.data.metrics == {"metrics.json:score": 2.5, "metrics.json:cmc.rank1": 0.75}
+    # The headline metrics, and each stage's wall time as the summary shows it.
+    walls = {f"seconds.{r['stage']}": r["seconds"] for r in first["stages"]}
+    assert parent.data.metrics == {"metrics.json:score": 2.5, "metrics.json:cmc.rank1": 0.75, **walls}
     locked = download_artifacts(
         run_id=parent.info.run_id,
         artifact_path="lineage/dvc.lock",
@@ -178,13 +203,12 @@ def test_failing_stage_fails_flow_with_stderr_after_retries(
 
     project = make_project(tmp_path / "proj", {"bad": _stage("bad.py", [], ["never.txt"])})
     # One retry without delay keeps the test quick; the count of attempts proves the retry happened.
-    monkeypatch.setattr(
-        pipeline_module, "run_stage", pipeline_module.run_stage.with_options(retries=1, retry_delay_seconds=0)
-    )
+    monkeypatch.setattr(pipeline_module, "RETRIES", 1)
+    monkeypatch.setattr(pipeline_module, "RETRY_DELAY_SECONDS", 0)
 
     with pytest.raises(pipeline_module.StageFailed, match="boom: custom failure 42") as info:
         pipeline_module.pipeline(project_dir=str(project))
-    assert "'bad'" in str(info.value) and "exited with 3" in str(info.value)  # DVC names the stage's exit code
+    assert "'bad'" in str(info.value) and "exit code 3" in str(info.value)
     assert (project / "attempts.log").read_text().splitlines() == ["attempt", "attempt"]
     assert not (project / "dvc.lock").exists()
 
@@ -194,7 +218,97 @@ def test_failing_stage_fails_flow_with_stderr_after_retries(
     client = MlflowClient(tracking_uri=isolated_env)
     (parent,) = client.search_runs([client.get_experiment_by_name("advreid").experiment_id])
     assert parent.info.status == "FAILED"
-    assert parent.data.params == {"targets": "all", "force": "False"}
+    assert parent.data.params == {"targets": "all", "force": "False", "max_parallel": "1"}
+
+
+@pytest.mark.slow
+def test_bad_input_is_not_retried_and_a_killed_stage_is(
+    tmp_path: Path, isolated_env: str, prefect_api: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pipeline_module, "RETRIES", 2)
+    monkeypatch.setattr(pipeline_module, "RETRY_DELAY_SECONDS", 0)
+    # Exit code 2 (advreid.errors.EXIT_BAD_INPUT): deterministic, one attempt only.
+    project = make_project(tmp_path / "bad-input", {"bad": _stage("bad.py", [], ["never.txt"], args="2")})
+    with pytest.raises(pipeline_module.StageFailed, match="exit code 2"):
+        pipeline_module.pipeline(project_dir=str(project))
+    assert (project / "attempts.log").read_text().splitlines() == ["attempt"]
+
+    # SIGKILL on the first attempt: retried, and the flow succeeds.
+    project = make_project(tmp_path / "killed", {"flaky": _stage("flaky.py", [], ["flaky.txt"])})
+    result = pipeline_module.pipeline(project_dir=str(project))
+    assert [r["status"] for r in result["stages"]] == ["ran"]
+    assert (project / "attempts.log").read_text().splitlines() == ["attempt", "attempt"]
+    assert (project / "flaky.txt").read_text() == "survived\n"
+    assert "flaky" in yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+
+
+def test_retry_rule_and_slot_environment() -> None:
+    assert not pipeline_module.should_retry(2)
+    assert all(pipeline_module.should_retry(code) for code in (1, 3, -9, 137, None))
+    two_gpus = [pipeline_module.slot_environment(slot, 2, ["0", "1"], cpus=8) for slot in range(3)]
+    assert [env["CUDA_VISIBLE_DEVICES"] for env in two_gpus] == ["0", "1", "0"]
+    assert {env["OMP_NUM_THREADS"] for env in two_gpus} == {"4"}
+    cpu = pipeline_module.slot_environment(0, 3, [], cpus=2)
+    assert "CUDA_VISIBLE_DEVICES" not in cpu and cpu["OMP_NUM_THREADS"] == cpu["MKL_NUM_THREADS"] == "1"
+
+
+def test_startup_timeout_error_says_what_to_do(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    def timed_out(**kwargs):
+        raise RuntimeError("Timed out while attempting to connect to ephemeral Prefect API server.")
+
+    monkeypatch.setattr(pipeline_module, "pipeline", timed_out)
+    assert pipeline_module.main(["--project-dir", str(ROOT)]) == 1
+    err = capsys.readouterr().err
+    assert "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in err and "prefect server start --host 127.0.0.1" in err
+
+
+def _parallel_stages() -> dict[str, dict]:
+    return {
+        "a": _stage("a.py", [], ["a.txt"]),
+        "x": _stage("slow.py", ["a.txt"], ["x.txt"], args="x 2"),
+        "y": _stage("slow.py", ["a.txt"], ["y.txt"], args="y 2"),
+        "b": _stage("b.py", ["a.txt"], ["b.txt"], metrics=["metrics.json"]),
+    }
+
+
+@pytest.mark.slow
+def test_parallel_stages_overlap_and_end_as_sequential_repro(
+    tmp_path: Path, isolated_env: str, prefect_api: str
+) -> None:
+    sequential = make_project(tmp_path / "sequential", _parallel_stages())
+    subprocess.run([sys.executable, "-m", "dvc", "repro", "-q"], cwd=sequential, check=True)
+    parallel = make_project(tmp_path / "parallel", _parallel_stages())
+
+    result = pipeline_module.pipeline(project_dir=str(parallel), max_parallel=2)
+    assert {r["stage"]: r["status"] for r in result["stages"]} == dict.fromkeys("axyb", "ran")
+    spans = {name: (float(t0), float(t1)) for name, t0, t1 in map(str.split, (parallel / "times.log").open())}
+    assert spans["x"][0] < spans["y"][1] and spans["y"][0] < spans["x"][1], f"x and y did not overlap: {spans}"
+    # dvc.lock byte for byte (entries in plan order, as `dvc repro` writes them) and every output.
+    assert (parallel / "dvc.lock").read_text() == (sequential / "dvc.lock").read_text()
+    for out in ("a.txt", "x.txt", "y.txt", "b.txt", "metrics.json"):
+        assert (parallel / out).read_bytes() == (sequential / out).read_bytes(), out
+    status = subprocess.run([sys.executable, "-m", "dvc", "status", "-q"], cwd=parallel)
+    assert status.returncode == 0  # DVC itself sees every stage up to date
+
+
+@pytest.mark.slow
+def test_failure_in_one_parallel_stage_stops_the_others(
+    tmp_path: Path, isolated_env: str, prefect_api: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pipeline_module, "RETRIES", 0)
+    stages = {
+        "a": _stage("a.py", [], ["a.txt"]),
+        "x": _stage("slow.py", ["a.txt"], ["x.txt"], args="x 120"),
+        "bad": _stage("bad.py", ["a.txt"], ["never.txt"]),
+    }
+    project = make_project(tmp_path / "proj", stages)
+    start = time.perf_counter()
+    with pytest.raises(pipeline_module.StageFailed, match="boom: custom failure 42"):
+        pipeline_module.pipeline(project_dir=str(project), max_parallel=2)
+    assert time.perf_counter() - start < 60  # x was stopped, not waited for
+    locked = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    assert set(locked) == {"a"}  # neither the failed nor the stopped stage is recorded
+    assert not (project / "x.txt").exists() and not (project / "times.log").exists()
 
 
 # --- Kubernetes GPU base job template -------------------------------------------------------------
@@ -285,7 +399,7 @@ def test_prefect_yaml_deploys_offline(tmp_path: Path, prefect_api: str) -> None:
         gpu = client.read_deployment_by_name("advreid-pipeline/advreid-gpu")
 
     assert nightly.entrypoint == gpu.entrypoint == "flows/pipeline.py:pipeline"
-    assert set(nightly.parameter_openapi_schema["properties"]) == {"project_dir", "targets", "force"}
+    assert set(nightly.parameter_openapi_schema["properties"]) == {"project_dir", "targets", "force", "max_parallel"}
     assert nightly.work_pool_name == "advreid-process"
     (schedule,) = nightly.schedules
     assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 2 * * *", "UTC")
@@ -294,7 +408,8 @@ def test_prefect_yaml_deploys_offline(tmp_path: Path, prefect_api: str) -> None:
 
     assert gpu.work_pool_name == "advreid-k8s-gpu"
     assert gpu.schedules == []
-    assert gpu.job_variables["gpu_count"] == 1
+    # One GPU per parallel stage slot.
+    assert gpu.job_variables["gpu_count"] == gpu.parameters["max_parallel"] == 2
     assert gpu.job_variables["namespace"] == "advreid" and gpu.job_variables["image"]
     assert gpu.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": "/opt/advreid"}}]
 

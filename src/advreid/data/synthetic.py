@@ -35,10 +35,10 @@ from typing import Literal, TypeVar
 import numpy as np
 import skimage.data
 from PIL import Image, ImageDraw, ImageFilter
-from tqdm import tqdm
 
 from advreid.io import atomic_path, write_json
 from advreid.pose.keypoints import JOINT_INDEX, JOINTS
+from advreid.progress import progress as progress_bar
 
 J = JOINT_INDEX
 SUPERSAMPLE = 4
@@ -833,11 +833,11 @@ def generate_domain(
     with atomic_path(root, is_dir=True) as tmp:
         for split in SPLIT_DIRS:
             (tmp / split).mkdir()
-        bar = tqdm(
+        bar = progress_bar(
             total=total_ids * spec.cameras * spec.images_per_camera,
             desc=f"synthetic domain {domain}",
             unit="img",
-            disable=not progress,
+            enabled=progress,
         )
         with bar:
             for pid in range(1, total_ids + 1):

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm import tqdm
 
 from advreid.data.images import ImageReadError, load_image
 from advreid.pose.keypoints import from_mediapipe, missing_keypoints, poses_frame, present
+from advreid.progress import progress as progress_bar
 
 MODEL_COMPLEXITY = 1  # the only MediaPipe Pose model in the wheel (pose_landmark_full); see module doc
 
@@ -177,7 +177,7 @@ def estimate_files(
 ) -> list[PoseResult]:
     """Estimate poses in image files with ``workers`` processes, each holding one MediaPipe graph.
 
-    Results come back in the order of ``paths``; a tqdm bar shows the rate and the time left. Workers are
+    Results come back in the order of ``paths``; advreid.progress shows the rate and the time left. Workers are
     spawned, not forked: a fork of a process whose native libraries run threads can deadlock.
     """
     if workers < 1:
@@ -192,7 +192,7 @@ def estimate_files(
     context = multiprocessing.get_context("spawn")
     with (
         ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(settings,)) as pool,
-        tqdm(total=len(paths), desc=desc, unit="img", disable=not progress) as bar,
+        progress_bar(total=len(paths), desc=desc, unit="img", enabled=progress) as bar,
     ):
         for result in pool.map(_estimate_in_worker, [os.fspath(p) for p in paths], chunksize=chunksize):
             results.append(result)

@@ -8,6 +8,7 @@ them for a ``dvc.yaml`` at the root without ``wdir``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -250,15 +251,41 @@ def lookup_param(params: dict[str, Any], key: str) -> Any:
 
 
 def git_state(root: Path) -> tuple[str, str]:
-    """(commit sha, dirty) for the git work tree at ``root``; dirty is ``"true"``/``"false"`` and counts
-    untracked files that are not ignored; both are ``"unknown"`` without git or without a commit."""
+    """(commit sha, dirty) for the git work tree at ``root``; both are ``"unknown"`` without git or a commit.
+
+    dirty (``"true"``/``"false"``) is over what a user changes: tracked source and params, and untracked files
+    that are not ignored. The pipeline's own products are left out (``dvc.lock``, every out ``dvc.lock``
+    records, git-tracked ``cache: false`` reports included, and the ``.gitignore`` files DVC writes beside
+    cached outs), so a clean clone stays clean after ``dvc repro``.
+    """
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--verify", "HEAD"], cwd=root, capture_output=True, text=True, check=True
         ).stdout.strip()
         status = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True
+            ["git", "status", "--porcelain", "--", ".", *(f":(top,exclude){p}" for p in pipeline_products(root))],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
     except (OSError, subprocess.CalledProcessError):
         return "unknown", "unknown"
     return commit, "true" if status.strip() else "false"
+
+
+def pipeline_products(root: Path) -> list[str]:
+    """Paths (relative to ``root``) that ``dvc repro`` writes: ``dvc.lock``, every out that ``dvc.yaml``
+    declares (resolved by DVC) or ``dvc.lock`` records, and DVC's ``.gitignore`` files beside them."""
+    outs: set[str] = set()
+    with contextlib.suppress(LineageError):
+        outs.update(out.path for stage in read_lock(root).values() for out in stage.outs if out.is_local)
+    if (root / "dvc.yaml").is_file():
+        from dvc.exceptions import DvcException
+        from dvc.repo import Repo
+
+        # A dvc.yaml DVC cannot read leaves the locked outs: dirty then errs on the side of "true".
+        with contextlib.suppress(DvcException), Repo(os.fspath(root)) as repo:
+            outs.update(normalize(out.fs_path, root) for out in repo.index.outs if out.is_in_repo)
+    ignores = {PurePosixPath(path).parent.joinpath(".gitignore").as_posix() for path in outs}
+    return [LOCK_FILE, *sorted(outs), *sorted(ignores)]

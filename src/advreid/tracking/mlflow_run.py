@@ -14,6 +14,7 @@ source/user/git context tags) are set the same way.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import time
@@ -40,6 +41,7 @@ from advreid.tracking import lineage
 
 PARENT_RUN_ENV = "ADVREID_MLFLOW_PARENT_RUN_ID"
 EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"
+ARTIFACTS_ENV = "ADVREID_MLFLOW_ARTIFACTS"
 DEFAULT_EXPERIMENT = "advreid"
 STAGE_TAG = "advreid.stage"
 TRUNCATED = "...[truncated]"
@@ -128,22 +130,57 @@ def tracking_uri(root: Path | None = None) -> str:
 
 
 def get_client(root: Path | None = None) -> MlflowClient:
-    return MlflowClient(tracking_uri=tracking_uri(root))
+    """A client of :func:`tracking_uri`. With a SQLite file, opening the store (which creates and migrates
+    a new database) holds an exclusive lock on ``<db>-lock``: two stage processes starting at once on a
+    fresh database otherwise both run MLflow's migrations and one fails (measured: ``duplicate column``)."""
+    uri = tracking_uri(root)
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=uri)
+    db = Path(uri.removeprefix("sqlite:///"))
+    lock_path = db.with_name(db.name + "-lock")  # git-ignored with the database (mlflow.db-*)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            client = MlflowClient(tracking_uri=uri)
+            client._tracking_client.store  # noqa: B018 - the store is created (and migrated) here, under the lock
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return client
 
 
-def experiment_id(client: MlflowClient) -> str:
-    """Id of the experiment named by ``MLFLOW_EXPERIMENT_NAME`` (default ``advreid``), created if absent.
+def artifact_location(tracking: str, root: Path | None = None) -> str | None:
+    """Where the project's experiments keep their artifacts, as a URI.
 
-    With a SQLite store the artifacts go to ``mlruns/`` beside the database file rather than under
-    whatever the current directory happens to be.
+    ``$ADVREID_MLFLOW_ARTIFACTS`` when set: a URI (``s3://bucket/prefix``, with ``MLFLOW_S3_ENDPOINT_URL`` for
+    a non-AWS server) or a path, relative paths taken from the project root. Otherwise, with a SQLite store,
+    ``mlruns/`` beside the database file (rather than under whatever the current directory is); with a
+    tracking server, None: the server's ``--default-artifact-root`` decides.
+    """
+    configured = os.environ.get(ARTIFACTS_ENV)
+    if configured:
+        if "://" in configured:
+            return configured.rstrip("/")
+        path = Path(configured)
+        return (path if path.is_absolute() else (root or project_root()) / path).resolve().as_uri()
+    if tracking.startswith("sqlite:///"):
+        return (Path(tracking.removeprefix("sqlite:///")).resolve().parent / "mlruns").as_uri()
+    return None
+
+
+def experiment_id(client: MlflowClient, root: Path | None = None) -> str:
+    """Id of the experiment named by ``MLFLOW_EXPERIMENT_NAME`` (default ``advreid``), created if absent,
+    with its artifacts at :func:`artifact_location`.
+
+    MLflow stores an absolute artifact location (it resolves relative ones), so a moved or copied project
+    would keep writing into the old folder: an existing experiment whose location is not the configured one
+    (``$ADVREID_MLFLOW_ARTIFACTS`` set to another place, or, unset, an ``mlruns/`` that is not beside this
+    database) is pointed at the configured one. Runs made before keep their own artifact URIs.
     """
     name = os.environ.get(EXPERIMENT_ENV) or DEFAULT_EXPERIMENT
+    location = artifact_location(client.tracking_uri, root)
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        location = None
-        uri = client.tracking_uri
-        if uri.startswith("sqlite:///"):
-            location = (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlruns").as_uri()
         try:
             return client.create_experiment(name, artifact_location=location)
         except MlflowException as err:  # another stage process created it first
@@ -154,7 +191,30 @@ def experiment_id(client: MlflowClient) -> str:
         raise MlflowException(
             f"MLflow experiment {name!r} is deleted; restore it or set {EXPERIMENT_ENV} to another name"
         )
+    stored = experiment.artifact_location
+    moved = stored.startswith("file:") and stored.rstrip("/").endswith("/mlruns")
+    if location and stored != location and (os.environ.get(ARTIFACTS_ENV) or moved):
+        _set_artifact_location(client, experiment.experiment_id, location)
     return experiment.experiment_id
+
+
+def _set_artifact_location(client: MlflowClient, experiment: str, location: str) -> None:
+    """Point an experiment at ``location``; MLflow has no public API for it, so its SQL store's own model
+    is updated (only a SQL store keeps the location where the project can change it)."""
+    from mlflow.store.tracking.dbmodels.models import SqlExperiment
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    store = client._tracking_client.store
+    if not isinstance(store, SqlAlchemyStore):
+        raise MlflowException(
+            f"MLflow experiment {experiment} keeps its artifacts at another location than {location}; "
+            f"{ARTIFACTS_ENV} can change it only with a SQL tracking store: unset {ARTIFACTS_ENV} or use a new "
+            f"{EXPERIMENT_ENV}"
+        )
+    with store.ManagedSessionMaker() as session:
+        session.query(SqlExperiment).filter(SqlExperiment.experiment_id == int(experiment)).update(
+            {SqlExperiment.artifact_location: location}
+        )
 
 
 @contextlib.contextmanager
@@ -253,7 +313,7 @@ def _run(root: Path, name: str, tags: dict[str, Any], parent_id: str | None) -> 
     tags = {**tags, MLFLOW_RUN_NAME: name}
     if parent_id:
         tags[MLFLOW_PARENT_RUN_ID] = parent_id
-    created = client.create_run(experiment_id(client), tags=resolve_tags(tags), run_name=name)
+    created = client.create_run(experiment_id(client, root), tags=resolve_tags(tags), run_name=name)
     run = TrackedRun(client, created.info.run_id)
     try:
         yield run

@@ -101,9 +101,10 @@ def test_stage_run_inside_dvc_repro_nests_and_tags_lineage(toy: Toy):
     parquet = toy.root / "data/processed/toy/train.parquet"
     assert tags["advreid.manifest.toy/train.sha256"] == hashlib.sha256(parquet.read_bytes()).hexdigest()
     assert tags["advreid.manifest.toy/train.path"] == "data/processed/toy/train.parquet"
-    # the stage ran on the first commit, with ingest@toy's lock entry and .gitignore not yet committed
+    # the stage ran on the first commit, with only DVC's products (ingest@toy's lock entry, DVC's .gitignore
+    # files) not yet committed: those are not the user's changes, so the tree counts as clean
     first = subprocess.run(["git", "rev-parse", "HEAD~1"], cwd=toy.root, capture_output=True, text=True)
-    assert (tags["advreid.git.commit"], tags["advreid.git.dirty"]) == (first.stdout.strip(), "true")
+    assert (tags["advreid.git.commit"], tags["advreid.git.dirty"]) == (first.stdout.strip(), "false")
 
 
 def test_log_parent_lock_logs_lock_and_tags_child_outs(toy: Toy):
@@ -199,7 +200,22 @@ def test_git_state_clean_dirty_and_unknown(toy: Toy, tmp_path: Path):
     shutil.copytree(toy.root, project)
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout
     assert lineage.git_state(project) == (head.strip(), "false")
+    # What `dvc repro` rewrites is not dirt: dvc.lock, a git-tracked out (made tracked here, as a
+    # `cache: false` report is), DVC's .gitignore beside an out.
+    assert "data/processed/toy" in lineage.pipeline_products(project)
+    (project / "dvc.lock").write_text((project / "dvc.lock").read_text() + "# rewritten\n")
+    (project / "data/processed/.gitignore").write_text("/toy\n/other\n")
+    subprocess.run(["git", "add", "-f", "data/processed/toy/dataset.json"], cwd=project, check=True)
+    subprocess.run(["git", "commit", "-qm", "track a report"], cwd=project, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout
+    (project / "data/processed/toy/dataset.json").write_text("{}")
+    assert lineage.git_state(project) == (head.strip(), "false")
+    # What the user changes is: a tracked source or params file, a new untracked file.
     (project / "params.yaml").write_text((project / "params.yaml").read_text() + "# edited\n")
+    assert lineage.git_state(project) == (head.strip(), "true")
+    subprocess.run(["git", "checkout", "-q", "params.yaml"], cwd=project, check=True)
+    assert lineage.git_state(project) == (head.strip(), "false")
+    (project / "notes.py").write_text("x = 1\n")
     assert lineage.git_state(project) == (head.strip(), "true")
     plain = tmp_path / "plain"
     plain.mkdir()
