@@ -225,7 +225,7 @@ def test_bad_attack_params_name_the_key(in_project):
     with pytest.raises(ParamsError, match=r"attack.attacks.pgd: \['lam'\] apply to method 'wma' only"):
         attack.AttackParams(**bad).check()
     bad = {**params, "budgets": {"eps8": {"eps": 8, "step": 2, "steps": 0}}}
-    with pytest.raises(ParamsError, match=r"attack.budgets.eps8: need eps >= 0"):
+    with pytest.raises(ParamsError, match=r"attack.budgets.eps8.steps: must be >= 1, got 0"):
         attack.AttackParams(**bad).check()
     with pytest.raises(ParamsError, match=r"attack.sweep.model is 'cnn', not 'osnet'"):
         attack.main(["osnet", "--sweep"])
