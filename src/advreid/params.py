@@ -51,7 +51,9 @@ def build(cls: type[T], values: dict[str, Any], where: str) -> T:
         kwargs[name] = _coerce(value, hints[name], f"{where}.{name}")
     try:
         return cls(**kwargs)
-    except TypeError as err:
+    except ParamsError:
+        raise
+    except (TypeError, ValueError) as err:  # a missing key, or a dataclass that validates itself
         raise ParamsError(f"{where}: {err}") from err
 
 

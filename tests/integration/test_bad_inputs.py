@@ -367,6 +367,21 @@ CASES = [
         params={"defense.variants.mp_snn.method": "magic"},
     ),  # fmt: skip
     Case("pose workers", ("pose", "demo_a"), ("pose.workers", ">= 1"), params={"pose.workers": 0}),
+    Case("demo-data cameras", ("demo-data",), ("demo", "cameras must be 2..9"), params={"demo.cameras": 1}),
+    Case(
+        "eval-defense queries",
+        ("eval-defense", "vanilla"),
+        ("defense.eval", "queries >= 0"),
+        params={"defense.eval.queries": -1},
+    ),  # fmt: skip
+    Case(
+        "defense-report budget",
+        ("defense-report",),
+        ("defense.report.budget", "'eps99'"),
+        params={"defense.report.budget": "eps99"},
+    ),  # fmt: skip
+    Case("eval-gan seeds", ("eval-gan",), ("gan.seeds", "at least one seed"), params={"gan.seeds": []}),
+    Case("certify-report inputs", ("certify-report",), ("reports/metrics/certify/baseline.json", "not found")),
     Case(
         "missing section",
         ("certify", "baseline"),

@@ -18,7 +18,6 @@ The same code runs under ``torchrun --standalone --nproc_per_node N``::
 from __future__ import annotations
 
 import math
-import pickle
 import random
 import sys
 import time
@@ -164,15 +163,17 @@ def resumable_epochs(last: str | Path, fingerprint: str, epochs: int, *, stage: 
     if not last.is_file():
         return 0
     try:
-        checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+        checkpoint = load_torch(last)
         done, found = int(checkpoint["epoch"]), checkpoint.get("meta", {}).get("fingerprint")
         reason = None
         if found != fingerprint:
             reason = f"it was written with other {written_with}"
         elif done >= epochs:
             reason = "that training had finished, so this run is a retraining"
-    except (RuntimeError, EOFError, KeyError, ValueError, pickle.UnpicklingError) as err:
-        done, reason = 0, f"it cannot be read ({type(err).__name__}: {err})"
+    except CheckpointError as err:  # names the problem without torch's advice to unpickle unsafely
+        done, reason = 0, f"it cannot be read ({err})"
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        done, reason = 0, f"it is not a training checkpoint ({type(err).__name__}: {err})"
     barrier()  # every rank has read it before rank 0 removes it
     if reason is None:
         return done

@@ -284,3 +284,25 @@ def test_pk_sampler_gives_k_distinct_images_per_identity_and_disjoint_batches_pe
         ids_0 = set().union(*per_rank[0])
         ids_1 = set().union(*per_rank[1])
         assert not ids_0 & ids_1  # one epoch's identities split between the ranks, no batch shared
+
+
+def test_an_unreadable_last_checkpoint_is_discarded_without_torchs_advice(tmp_path, capsys):
+    """A truncated or malicious last.pt restarts training at epoch 1; stderr names the file, never weights_only."""
+    import os
+
+    from advreid.reid.engine import resumable_epochs
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'ran'}",))
+
+    torch.save({"epoch": Evil()}, tmp_path / "evil.pt")
+    torch.save({"epoch": 3, "meta": {"fingerprint": "f"}, "pad": torch.zeros(1000)}, tmp_path / "cut.pt")
+    data = (tmp_path / "cut.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    for name in ("evil.pt", "cut.pt"):
+        assert resumable_epochs(tmp_path / name, "f", 10, stage="train_reid@x", written_with="settings") == 0
+        err = capsys.readouterr().err
+        assert f"discarding checkpoint {tmp_path / name}" in err and "weights_only" not in err
+        assert not (tmp_path / name).exists()
+    assert not (tmp_path / "ran").exists()

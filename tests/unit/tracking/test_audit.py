@@ -198,3 +198,37 @@ def test_malformed_dataset_json_is_reported(tmp_path: Path):
     (tmp_path / "dataset.json").write_text('{"name": "x"}')
     [link] = verify_dataset(tmp_path / "dataset.json", tmp_path)
     assert link.status == CHANGED and "splits" in link.actual
+
+
+def test_rewritten_manifest_parquet_is_reported_changed(project: Path):
+    """Catches an audit that compares the manifest rows but not the parquet bytes dataset.json pins: the same
+    rows rewritten with another compression are a different file, so not verified."""
+    import pyarrow.parquet as pq
+
+    parquet = project / "data/processed/toy/train.parquet"
+    table = pq.read_table(parquet)
+    before = parquet.read_bytes()
+    pq.write_table(table, parquet, compression="gzip")
+    assert parquet.read_bytes() != before
+    report = audit("models/model.json", project)
+    link = _link(report, "manifest", "toy/train.parquet")
+    assert link.status == CHANGED and link.actual == hashlib.sha256(parquet.read_bytes()).hexdigest()
+    assert not report.ok
+
+
+def test_run_tag_disagreeing_with_dvc_lock_is_reported_changed(
+    pristine: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Catches an audit by run id that trusts the run's tags: a dep hash tag other than dvc.lock's is changed."""
+    from advreid.tracking.mlflow_run import get_client, stage_run
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.delenv("ADVREID_MLFLOW_PARENT_RUN_ID", raising=False)
+    with stage_run("train", {"lr": 0.5}, root=pristine) as run:
+        pass
+    get_client(pristine).set_tag(run.run_id, "advreid.dep.train.py.md5", "0" * 32)
+    report = audit(run.run_id, pristine)
+    link = _link(report, "run", "dep train.py")
+    assert link.status == CHANGED and link.expected == "0" * 32 and link.actual != "0" * 32
+    assert not report.ok
+    assert main([run.run_id, "--root", str(pristine)]) != 0
