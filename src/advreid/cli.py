@@ -41,6 +41,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "advreid.stages.defense_report",
         "chapter-5 tables 5.1-5.4, 5.6, 5.7 and the rank-1 vs eps plot",
     ),
+    # issue 12: the robustness matrix, the claims, the HTML report, run comparison
+    "robustness-matrix": (
+        "advreid.stages.robustness_matrix",
+        "every model/defense x attack x budget (and ch. 6 method x sigma x radius) as MLflow cells, heatmaps",
+    ),
+    "claims": ("advreid.stages.claims", "judge the thesis' directional claims on the matrix: reports/claims.{json,md}"),
     "profile": ("advreid.profile", "print `dvc exp run -S` arguments applying an override file (params.thesis.yaml)"),
     "where": ("advreid.stages.where", "print where results, plots and the MLflow database are, and how to browse them"),
 }

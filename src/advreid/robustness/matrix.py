@@ -1,0 +1,298 @@
+"""The robustness matrix: every model and defense x every attack and budget, read from the stage outputs.
+
+A cell is one (task, model, attack, budget) with its numbers and the raw counts behind their spread, so that an
+interval can be recomputed at any level (the claims use Bonferroni levels):
+
+- ``binomial``: rank-1 over queries (a proportion of hits) or certified accuracy over test points: Clopper-Pearson;
+- ``draws``: a stochastic defense's mean and std over noise draws (or seeds): Student t;
+- ``seeds``: the per-seed values (IPES-GAN): Student t;
+- ``point``: one deterministic number with no stored unit-level values (e.g. mAP of a deterministic attack):
+  no interval (NaN bounds), never judged on its own.
+
+Tasks: ``attack`` (chapter 4, every Re-ID model x attack), ``transfer`` (adversarial images of one model scored on
+another, Table 4.5), ``defense`` (chapter 5, vanilla / PGD-AT / MP-SNN / ablations x adaptive attacks),
+``adaptation`` (chapter 3: direct transfer vs IPES-GAN on the target) and ``certify`` (chapter 6, method x sigma x
+radius -> certified accuracy). The cell's source file and the stage that wrote it (from ``dvc.lock``) give its
+lineage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from advreid import stats
+
+TASKS = ("attack", "transfer", "defense", "adaptation", "certify")
+CLEAN = "clean"
+
+
+@dataclass(frozen=True)
+class Spread:
+    """The unit-level evidence behind one number (see the module docstring for the kinds)."""
+
+    kind: str  # binomial | draws | seeds | point
+    estimate: float
+    successes: int = 0
+    trials: int = 0
+    std: float = float("nan")
+    n: int = 1
+    values: tuple[float, ...] = ()
+
+    def interval(self, level: float = stats.LEVEL) -> stats.Interval:
+        """The interval of the estimate at ``level`` (undefined for a point or a single draw)."""
+        if self.kind == "binomial":
+            return stats.clopper_pearson(self.successes, self.trials, level)
+        if self.kind == "seeds":
+            return stats.over_seeds(self.values, level).interval
+        if self.kind == "draws":
+            return stats.over_seeds_from_summary(self.estimate, self.std, self.n, level)
+        nan = float("nan")
+        return stats.Interval(self.estimate, nan, nan, self.n, level, "point")
+
+    def as_dict(self) -> dict[str, Any]:
+        interval = self.interval()
+        out: dict[str, Any] = {
+            "kind": self.kind,
+            "estimate": self.estimate,
+            "low": _finite_or_none(interval.low),
+            "high": _finite_or_none(interval.high),
+            "n": interval.n,
+            "method": interval.method,
+        }
+        if self.kind == "binomial":
+            out.update(successes=self.successes, trials=self.trials)
+        if self.kind in ("draws", "seeds"):
+            out["std"] = _finite_or_none(self.std if self.kind == "draws" else stats.over_seeds(self.values).std)
+        if self.values:
+            out["values"] = list(self.values)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Spread:
+        std = data.get("std")
+        return cls(
+            kind=data["kind"],
+            estimate=float(data["estimate"]),
+            successes=int(data.get("successes", 0)),
+            trials=int(data.get("trials", 0)),
+            std=float("nan") if std is None else float(std),
+            n=int(data.get("n", 1)),
+            values=tuple(float(v) for v in data.get("values", ())),
+        )
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell of the matrix; ``source`` is the metrics file it was read from (relative to the project root)."""
+
+    task: str
+    model: str
+    attack: str
+    budget: str
+    metrics: dict[str, Spread]
+    source: str
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return "/".join((self.task, self.model, self.attack, self.budget))
+
+    def fingerprint(self, lineage_hashes: dict[str, str]) -> str:
+        """sha256 of the cell's numbers, config and the upstream hashes: equal fingerprints need no recompute."""
+        payload = {
+            "key": self.key,
+            "metrics": {name: spread.as_dict() for name, spread in sorted(self.metrics.items())},
+            "config": self.config,
+            "lineage": dict(sorted(lineage_hashes.items())),
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "model": self.model,
+            "attack": self.attack,
+            "budget": self.budget,
+            "source": self.source,
+            "config": self.config,
+            "metrics": {name: spread.as_dict() for name, spread in sorted(self.metrics.items())},
+        }
+
+
+def binomial(rate: float, trials: int) -> Spread:
+    """A proportion measured on ``trials`` units (rank-1 over queries, accuracy over points) as hit counts."""
+    if trials < 1:
+        raise ValueError(f"binomial: need at least one trial, got {trials}")
+    successes = round(rate * trials)
+    if abs(successes - rate * trials) > 1e-3 * trials:
+        raise ValueError(f"binomial: rate {rate} is not a count out of {trials} units")
+    return Spread("binomial", successes / trials, successes=successes, trials=trials, n=trials)
+
+
+def draws(mean: float, std: float, n: int) -> Spread:
+    return Spread("draws", float(mean), std=float(std), n=int(n))
+
+
+def point(value: float) -> Spread:
+    return Spread("point", float(value))
+
+
+def seeds(values: Iterable[float]) -> Spread:
+    values = tuple(float(v) for v in values)
+    return Spread("seeds", sum(values) / len(values), n=len(values), values=values)
+
+
+def _split_cell_name(name: str) -> tuple[str, str]:
+    """``"pgd-eps8"`` -> ``("pgd", "eps8")``; ``"clean"`` -> ``("clean", "-")``."""
+    attack, _, budget = name.rpartition("-")
+    return (attack, budget) if attack else (name, "-")
+
+
+def attack_cells(model: str, metrics: dict[str, Any], source: str) -> Iterator[Cell]:
+    """Chapter 4: ``reports/metrics/attack/<model>.json`` -> the clean cell and one cell per attack x budget."""
+    query_counts = {c["images"] for c in metrics["cells"].values() if c.get("side") == "query"}
+    if len(query_counts) != 1:
+        raise ValueError(f"{source}: cannot tell the number of queries from the query-side cells ({query_counts})")
+    queries = query_counts.pop()
+    clean = metrics["clean"]
+    yield Cell("attack", model, CLEAN, "-", {"rank1": binomial(clean["rank1"], queries), "mAP": point(clean["mAP"])},
+               source, {"dataset": metrics.get("dataset"), **metrics.get("protocol", {})})  # fmt: skip
+    for name, cell in sorted(metrics["cells"].items()):
+        attack, budget = _split_cell_name(name)
+        config = {k: cell[k] for k in ("method", "objective", "side", "eps", "steps") if k in cell}
+        numbers = {"rank1": binomial(cell["rank1"], queries), "mAP": point(cell["mAP"])}
+        numbers.update({k: point(cell[k]) for k in ("ssim", "mmd", "mINP") if k in cell})
+        yield Cell("attack", model, attack, budget, numbers, source, config)
+
+
+def transfer_cells(report: dict[str, Any], queries: dict[str, int], source: str) -> Iterator[Cell]:
+    """Table 4.5: ``attack_report.json`` ``transfer["A->B"][attack]`` = B scored on A's adversarial images."""
+    for pair, cells in sorted(report.get("transfer", {}).items()):
+        crafted_on, _, scored_on = pair.partition("->")
+        if scored_on not in queries:
+            raise ValueError(f"{source}: transfer pair {pair!r} names a model with no attack metrics")
+        for name, cell in sorted(cells.items()):
+            if name == CLEAN:
+                continue
+            attack, budget = _split_cell_name(name)
+            numbers = {"rank1": binomial(cell["rank1"], queries[scored_on]), "mAP": point(cell["mAP"])}
+            yield Cell("transfer", scored_on, f"{attack} from {crafted_on}", budget, numbers, source,
+                       {"crafted_on": crafted_on})  # fmt: skip
+
+
+def defense_cells(model: str, metrics: dict[str, Any], source: str) -> Iterator[Cell]:
+    """Chapter 5: ``reports/metrics/defense/<model>.json``: mean ± std over noise draws (stochastic models) or
+    rank-1 hits over the evaluation queries (deterministic ones)."""
+    queries = int(metrics["queries"])
+    for name, cell in sorted(metrics["cells"].items()):
+        attack, budget = _split_cell_name(name)
+        n = int(cell.get("draws", 1))
+        if n > 1:
+            numbers = {k: draws(cell[k], cell[f"{k}_std"], n) for k in ("rank1", "mAP")}
+        else:
+            numbers = {"rank1": binomial(cell["rank1"], queries), "mAP": point(cell["mAP"])}
+        config = {k: cell[k] for k in ("eps", "steps", "eot_samples", "transfer", "draws") if k in cell}
+        yield Cell("defense", model, attack, budget, numbers, source, config)
+
+
+def adaptation_cells(report: dict[str, Any], teacher: str, source: str) -> Iterator[Cell]:
+    """Chapter 3: ``ipes_gan.json``: the teacher applied directly to the target, and every trained IPES-GAN run
+    (the main model and any ablation of ``gan.demo_runs``: each a block with ``per_seed``) over its seeds."""
+    direct = report["direct_transfer"]
+    queries = int(direct["num_valid_queries"])
+    yield Cell("adaptation", f"{teacher} (direct transfer)", CLEAN, "-",
+               {"rank1": binomial(direct["rank1"], queries), "mAP": point(direct["mAP"])}, source)  # fmt: skip
+    for run, block in sorted(report.items()):
+        if not isinstance(block, dict) or "per_seed" not in block:
+            continue
+        order = sorted(block["per_seed"], key=int)
+        numbers = {k: seeds(block["per_seed"][s][k] for s in order) for k in ("rank1", "mAP")}
+        yield Cell("adaptation", run, CLEAN, "-", numbers, source, {"seeds": [int(s) for s in order]})
+
+
+def certify_cells(method: str, metrics: dict[str, Any], source: str) -> Iterator[Cell]:
+    """Chapter 6: ``reports/metrics/certify/<method>.json`` -> certified accuracy per sigma and radius
+    (``sca`` is radius 0) over the certified test points."""
+    points = int(metrics["settings"]["points"])
+    for sigma, block in sorted(metrics["sigma"].items(), key=lambda item: float(item[0])):
+        radii = {"0": block["sca"]} | {k.removeprefix("rca_"): v for k, v in block.items() if k.startswith("rca_")}
+        for radius, value in sorted(radii.items(), key=lambda item: float(item[0])):
+            yield Cell("certify", method, f"sigma_{sigma}", f"radius_{radius}",
+                       {"certified_accuracy": binomial(value, points)}, source, {"points": points})  # fmt: skip
+
+
+def collect(root: Path, *, teacher: str) -> tuple[list[Cell], list[dict[str, str]]]:
+    """Every cell the stage outputs under ``root/reports/metrics`` hold, and the cells no stage has produced yet
+    (each model x the attacks of its task it was not run on; the IPES-GAN model is not attacked by any stage)."""
+    metrics_dir = root / "reports" / "metrics"
+    cells: list[Cell] = []
+    queries: dict[str, int] = {}
+    for path in sorted((metrics_dir / "attack").glob("*.json")):
+        found = list(attack_cells(path.stem, _read(path), _rel(path, root)))
+        queries[path.stem] = found[0].metrics["rank1"].trials
+        cells += found
+    if (path := metrics_dir / "attack_report.json").is_file():
+        cells += transfer_cells(_read(path), queries, _rel(path, root))
+    for path in sorted((metrics_dir / "defense").glob("*.json")):
+        if not path.stem.startswith("train_"):
+            cells += defense_cells(path.stem, _read(path), _rel(path, root))
+    if (path := metrics_dir / "ipes_gan.json").is_file():
+        cells += adaptation_cells(_read(path), teacher, _rel(path, root))
+    for path in sorted((metrics_dir / "certify").glob("*.json")):
+        cells += certify_cells(path.stem, _read(path), _rel(path, root))
+    return cells, missing_cells(cells)
+
+
+def missing_cells(cells: list[Cell]) -> list[dict[str, str]]:
+    """Model x attack x budget combinations of the attack and defense tasks that no stage output holds."""
+    missing = []
+    for task in ("attack", "defense"):
+        rows = {c.model for c in cells if c.task == task}
+        columns = {(c.attack, c.budget) for c in cells if c.task == task}
+        have = {(c.model, c.attack, c.budget) for c in cells if c.task == task}
+        missing += [
+            {"task": task, "model": m, "attack": a, "budget": b}
+            for m in sorted(rows)
+            for a, b in sorted(columns)
+            if (m, a, b) not in have
+        ]
+    if any(c.model == "ipes_gan" for c in cells):
+        missing += [
+            {"task": "attack", "model": "ipes_gan", "attack": a, "budget": b}
+            for a, b in sorted({(c.attack, c.budget) for c in cells if c.task == "attack"})
+        ]
+    return missing
+
+
+def grid(cells: list[Cell], task: str, metric: str, budget: str | None = None) -> tuple[list[str], list[str], list]:
+    """Rows (models), columns (attack[@budget]) and the estimate of ``metric`` per cell (None where missing)."""
+    chosen = [c for c in cells if c.task == task and metric in c.metrics and (budget is None or c.budget == budget)]
+    rows = sorted({c.model for c in chosen})
+    columns = sorted({_column(c) for c in chosen}, key=lambda name: (name != CLEAN, name))
+    values = {(c.model, _column(c)): c.metrics[metric].estimate for c in chosen}
+    return rows, columns, [[values.get((r, col)) for col in columns] for r in rows]
+
+
+def _column(cell: Cell) -> str:
+    return cell.attack if cell.budget == "-" else f"{cell.attack} {cell.budget}"
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from err
+
+
+def _rel(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
