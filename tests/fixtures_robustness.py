@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import yaml
+from PIL import Image
 
 QUERIES = 4  # attack task: rank-1 is a count out of 4 queries
 DEFENSE_QUERIES = 4
@@ -88,9 +89,17 @@ def write_matrix_project(root: Path) -> Path:
             path.write_text(text)
     (root / "data" / "processed").mkdir(parents=True, exist_ok=True)
     (root / "data" / "processed" / "demo_a.txt").write_text("images")
+    (root / "reports" / "attack" / "tables.md").parent.mkdir(parents=True, exist_ok=True)
+    (root / "reports" / "attack" / "tables.md").write_text("| attack | rank-1 |\n|---|---|\n| pgd | 25.0 |\n")
+    Image.new("RGB", (8, 6), (200, 30, 30)).save(root / "reports" / "attack" / "cmc.png")
+    report = {
+        "mlflow_ui": "http://mlflow.test:5000",
+        "tables": {"Chapter 4": "reports/attack/tables.md"},
+        "figures": {"CMC under attack": "reports/attack/cmc.png"},
+    }
     (root / "params.yaml").write_text(yaml.safe_dump({"robustness": {
         "teacher": "m1", "seeds": [0, 1, 2], "heatmaps": ["attack", "defense", "adaptation", "certify"],
-        "register_models": False}}))  # fmt: skip
+        "register_models": False, "report": report}}))  # fmt: skip
     (root / "dvc.yaml").write_text("stages: {}\n")
     write_lock(root)
     return root

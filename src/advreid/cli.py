@@ -47,6 +47,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "every model/defense x attack x budget (and ch. 6 method x sigma x radius) as MLflow cells, heatmaps",
     ),
     "claims": ("advreid.stages.claims", "judge the thesis' directional claims on the matrix: reports/claims.{json,md}"),
+    "report": ("advreid.stages.report", "one self-contained HTML page: claims, tables, heatmaps, figures, lineage"),
     "compare": ("advreid.robustness.compare", "metrics of two MLflow runs / DVC experiments / git revisions"),
     "profile": ("advreid.profile", "print `dvc exp run -S` arguments applying an override file (params.thesis.yaml)"),
     "where": ("advreid.stages.where", "print where results, plots and the MLflow database are, and how to browse them"),

@@ -3,13 +3,17 @@ lineage, a second run recomputes nothing, a changed output recomputes only its c
 
 from __future__ import annotations
 
+import base64
 import json
+import shutil
+import subprocess
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
 from advreid.stages import claims as claims_stage
-from advreid.stages import robustness_matrix
+from advreid.stages import report, robustness_matrix
 from advreid.tracking.audit import audit
 from advreid.tracking.mlflow_run import get_client
 from tests.fixtures_robustness import attack_metrics, write_lock, write_matrix_project
@@ -83,3 +87,56 @@ def test_claims_stage_writes_computed_verdicts(project: Path):
 def test_missing_matrix_is_a_clear_error(project: Path):
     with pytest.raises(FileNotFoundError, match="robustness_matrix.json not found"):
         claims_stage.main([])
+
+
+class _Page(HTMLParser):
+    """Collects the images and links of the report."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[str] = []
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if tag == "img":
+            self.images.append(values.get("src") or "")
+        if tag == "a":
+            self.links.append(values.get("href") or "")
+        assert tag not in ("link", "iframe") and not (tag == "script" and values.get("src")), f"external {tag}"
+
+
+def test_report_is_one_self_contained_page(project: Path):
+    robustness_matrix.main([])
+    claims_stage.main([])
+    assert report.main([]) == 0
+    html = (project / "reports/index.html").read_text()
+    page = _Page()
+    page.feed(html)
+    # 4 heatmaps and the figure, each a PNG embedded in the page
+    assert len(page.images) == 5
+    for src in page.images:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.removeprefix("data:image/png;base64,")).startswith(b"\x89PNG")
+    cells = json.loads((project / "reports/metrics/robustness_matrix.json").read_text())["cells"]
+    pgd = cells["attack/m1/pgd/eps8"]
+    assert any(link.endswith(f"/runs/{pgd['run_id']}") and link.startswith("http://mlflow.test:5000/")
+               for link in page.links)  # fmt: skip
+    assert pgd["source_md5"] in html  # the dvc.lock hash of the output behind the number
+    assert "<td>pgd</td>" in html  # the chapter's Markdown table rendered
+    assert "IPES-GAN" in html and "reproduced" in html
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (Debian package `chromium`)")
+def test_report_renders_in_headless_chromium_with_no_broken_image(project: Path):
+    robustness_matrix.main([])
+    claims_stage.main([])
+    report.main([])
+    url = (project / "reports/index.html").as_uri()
+    dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", url],
+                         capture_output=True, text=True, timeout=120, check=True).stdout  # fmt: skip
+    assert 'data-broken-images="0"' in dom

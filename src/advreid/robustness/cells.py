@@ -62,8 +62,8 @@ def log_cells(
     cache: dict[str, str],
 ) -> tuple[dict[str, dict[str, Any]], int]:
     """One child run of ``parent`` per cell whose fingerprint is not in ``cache`` (fingerprint -> run id) or whose
-    cached run is gone; returns ``{cell key: {fingerprint, run_id, stage, model_md5, data_md5}}`` and how many
-    runs were created."""
+    cached run is gone; returns ``{cell key: {fingerprint, run_id, stage, model_md5, data_md5, source_md5}}`` and
+    how many runs were created."""
     client = parent.client
     experiment = experiment_id(client)
     records, created = {}, 0
@@ -80,6 +80,7 @@ def log_cells(
             "stage": where.stage,
             "model_md5": where.model_md5,
             "data_md5": where.data_md5,
+            "source_md5": where.outs.get(cell.source, "-"),
         }
     return records, created
 
