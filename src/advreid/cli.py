@@ -46,6 +46,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "advreid.stages.robustness_matrix",
         "every model/defense x attack x budget (and ch. 6 method x sigma x radius) as MLflow cells, heatmaps",
     ),
+    "attack-units": ("advreid.stages.attack_units", "per-query AP / rank-1 hits, per-image SSIM of saved attacks"),
     "claims": ("advreid.stages.claims", "judge the thesis' directional claims on the matrix: reports/claims.{json,md}"),
     "report": ("advreid.stages.report", "one self-contained HTML page: claims, tables, heatmaps, figures, lineage"),
     "compare": ("advreid.robustness.compare", "metrics of two MLflow runs / DVC experiments / git revisions"),

@@ -6,8 +6,9 @@ interval can be recomputed at any level (the claims use Bonferroni levels):
 - ``binomial``: rank-1 over queries (a proportion of hits) or certified accuracy over test points: Clopper-Pearson;
 - ``draws``: a stochastic defense's mean and std over noise draws (or seeds): Student t;
 - ``seeds``: the per-seed values (IPES-GAN): Student t;
-- ``point``: one deterministic number with no stored unit-level values (e.g. mAP of a deterministic attack):
-  no interval (NaN bounds), never judged on its own.
+- ``queries``: per-query (or per-image) values re-scored by ``attack_units``: percentile bootstrap of the mean;
+- ``point``: one deterministic number with no stored unit-level values (e.g. mAP of a deterministic attack
+  before ``attack_units`` ran): no interval (NaN bounds), never judged on its own.
 
 Tasks: ``attack`` (chapter 4, every Re-ID model x attack), ``transfer`` (adversarial images of one model scored on
 another, Table 4.5), ``defense`` (chapter 5, vanilla / PGD-AT / MP-SNN / ablations x adaptive attacks),
@@ -36,7 +37,7 @@ CLEAN = "clean"
 class Spread:
     """The unit-level evidence behind one number (see the module docstring for the kinds)."""
 
-    kind: str  # binomial | draws | seeds | point
+    kind: str  # binomial | draws | seeds | queries | point
     estimate: float
     successes: int = 0
     trials: int = 0
@@ -50,6 +51,8 @@ class Spread:
             return stats.clopper_pearson(self.successes, self.trials, level)
         if self.kind == "seeds":
             return stats.over_seeds(self.values, level).interval
+        if self.kind == "queries":
+            return stats.bootstrap_mean(self.values, seed=0, level=level)
         if self.kind == "draws":
             return stats.over_seeds_from_summary(self.estimate, self.std, self.n, level)
         nan = float("nan")
@@ -135,6 +138,20 @@ def binomial(rate: float, trials: int) -> Spread:
     return Spread("binomial", successes / trials, successes=successes, trials=trials, n=trials)
 
 
+def queries(values: Iterable[float]) -> Spread:
+    values = tuple(float(v) for v in values)
+    return Spread("queries", sum(values) / len(values), n=len(values), values=values)
+
+
+def with_hits(spread: Spread, hits: Iterable[float]) -> Spread:
+    """A binomial rank-1 that also keeps its per-query hits (for paired differences); they must add up."""
+    hits = tuple(float(h) for h in hits)
+    if len(hits) != spread.trials or round(sum(hits)) != spread.successes:
+        raise ValueError(f"per-query hits ({sum(hits):g} of {len(hits)}) do not match rank-1 "
+                         f"{spread.successes} of {spread.trials}")  # fmt: skip
+    return Spread("binomial", spread.estimate, spread.successes, spread.trials, n=spread.n, values=hits)
+
+
 def draws(mean: float, std: float, n: int) -> Spread:
     return Spread("draws", float(mean), std=float(std), n=int(n))
 
@@ -154,20 +171,28 @@ def _split_cell_name(name: str) -> tuple[str, str]:
     return (attack, budget) if attack else (name, "-")
 
 
-def attack_cells(model: str, metrics: dict[str, Any], source: str) -> Iterator[Cell]:
-    """Chapter 4: ``reports/metrics/attack/<model>.json`` -> the clean cell and one cell per attack x budget."""
+def attack_cells(
+    model: str, metrics: dict[str, Any], source: str, units: dict[str, Any] | None = None
+) -> Iterator[Cell]:
+    """Chapter 4: ``reports/metrics/attack/<model>.json`` -> the clean cell and one cell per attack x budget; with
+    ``units`` (``reports/matrix/units/<model>.json``) mAP and SSIM get per-query / per-image values."""
     query_counts = {c["images"] for c in metrics["cells"].values() if c.get("side") == "query"}
     if len(query_counts) != 1:
         raise ValueError(f"{source}: cannot tell the number of queries from the query-side cells ({query_counts})")
-    queries = query_counts.pop()
-    clean = metrics["clean"]
-    yield Cell("attack", model, CLEAN, "-", {"rank1": binomial(clean["rank1"], queries), "mAP": point(clean["mAP"])},
-               source, {"dataset": metrics.get("dataset"), **metrics.get("protocol", {})})  # fmt: skip
+    n_queries = query_counts.pop()
+    units = units or {}
+    named = [(CLEAN, metrics["clean"], {"dataset": metrics.get("dataset"), **metrics.get("protocol", {})})]
     for name, cell in sorted(metrics["cells"].items()):
+        named.append((name, cell, {k: cell[k] for k in ("method", "objective", "side", "eps", "steps") if k in cell}))
+    for name, cell, config in named:
         attack, budget = _split_cell_name(name)
-        config = {k: cell[k] for k in ("method", "objective", "side", "eps", "steps") if k in cell}
-        numbers = {"rank1": binomial(cell["rank1"], queries), "mAP": point(cell["mAP"])}
+        numbers = {"rank1": binomial(cell["rank1"], n_queries), "mAP": point(cell["mAP"])}
         numbers.update({k: point(cell[k]) for k in ("ssim", "mmd", "mINP") if k in cell})
+        if name in units:
+            numbers["rank1"] = with_hits(numbers["rank1"], units[name]["rank1_hit"])
+            numbers["mAP"] = queries(units[name]["ap"])
+            if "ssim" in units[name]:
+                numbers["ssim"] = queries(units[name]["ssim"])
         yield Cell("attack", model, attack, budget, numbers, source, config)
 
 
@@ -234,7 +259,9 @@ def collect(root: Path, *, teacher: str) -> tuple[list[Cell], list[dict[str, str
     cells: list[Cell] = []
     queries: dict[str, int] = {}
     for path in sorted((metrics_dir / "attack").glob("*.json")):
-        found = list(attack_cells(path.stem, _read(path), _rel(path, root)))
+        units_path = root / "reports" / "matrix" / "units" / path.name
+        units = _read(units_path) if units_path.is_file() else None
+        found = list(attack_cells(path.stem, _read(path), _rel(path, root), units))
         queries[path.stem] = found[0].metrics["rank1"].trials
         cells += found
     if (path := metrics_dir / "attack_report.json").is_file():
