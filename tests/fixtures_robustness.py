@@ -78,6 +78,12 @@ def write_lock(root: Path) -> None:
         deps = [{"path": p, "hash": "md5", "md5": _md5(root / p)} for p in (model, "data/processed/demo_a.txt")]
         stages[stage] = {"cmd": f"advreid {stage}", "deps": deps,
                          "outs": [{"path": out, "hash": "md5", "md5": _md5(root / out)}]}  # fmt: skip
+    model = root / "models/reid/m1/model.pt"
+    stages["train_reid@m1"] = {
+        "cmd": "advreid train-reid m1",
+        "deps": [],
+        "outs": [{"path": "models/reid/m1/model.pt", "hash": "md5", "md5": _md5(model)}],
+    }
     (root / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": stages}, sort_keys=False))
 
 
@@ -97,9 +103,22 @@ def write_matrix_project(root: Path) -> Path:
         "tables": {"Chapter 4": "reports/attack/tables.md"},
         "figures": {"CMC under attack": "reports/attack/cmc.png"},
     }
-    (root / "params.yaml").write_text(yaml.safe_dump({"robustness": {
-        "teacher": "m1", "seeds": [0, 1, 2], "heatmaps": ["attack", "defense", "adaptation", "certify"],
-        "register_models": False, "report": report}}))  # fmt: skip
+    (root / "params.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "robustness": {
+                    "teacher": "m1",
+                    "seeds": [0, 1, 2],
+                    "heatmaps": ["attack", "defense", "adaptation", "certify"],
+                    "register_models": True,
+                    "report": report,
+                    "registry": {
+                        "tiny-m1": {"chapter": 4, "path": "models/reid/m1/model.pt", "task": "attack", "row": "m1"}
+                    },
+                }
+            }
+        )
+    )
     (root / "dvc.yaml").write_text("stages: {}\n")
     write_lock(root)
     return root

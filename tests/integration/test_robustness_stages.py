@@ -4,6 +4,7 @@ lineage, a second run recomputes nothing, a changed output recomputes only its c
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import shutil
 import subprocess
@@ -55,9 +56,19 @@ def test_matrix_cells_are_runs_created_once(project: Path, capsys: pytest.Captur
     assert report.ok and report.stage == "attack@m1"
     assert any(link.kind == "run" and "models/reid/m1/model.pt" in link.name for link in report.links)
 
+    # the chapter's final model is registered with its lineage and its matrix row
+    client = get_client(project)
+    (version,) = client.search_model_versions("name = 'tiny-m1'")
+    assert (
+        version.tags["advreid.model.md5"] == hashlib.md5((project / "models/reid/m1/model.pt").read_bytes()).hexdigest()
+    )
+    assert version.tags["advreid.model.stage"] == "train_reid@m1"
+    assert "| pgd | eps8 | 25.0 [" in version.description and pgd["run_id"] in version.description
+
     capsys.readouterr()
-    assert robustness_matrix.main([]) == 0  # nothing changed: no new run, the same run ids
+    assert robustness_matrix.main([]) == 0  # nothing changed: no new run, the same run ids, no new model version
     assert "(0 new MLflow cell runs" in capsys.readouterr().out
+    assert len(client.search_model_versions("name = 'tiny-m1'")) == 1
     assert len(_cell_runs(project)) == len(cells)
     again = json.loads((project / "reports/metrics/robustness_matrix.json").read_text())["cells"]
     assert {k: c["run_id"] for k, c in again.items()} == {k: c["run_id"] for k, c in cells.items()}

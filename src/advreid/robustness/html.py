@@ -81,7 +81,7 @@ def _interval_text(d: dict[str, Any]) -> str:
     return f"{d['estimate']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] ({d['method']}, n={d['n']})"
 
 
-def _cell_text(spread: dict[str, Any]) -> str:
+def cell_text(spread: dict[str, Any]) -> str:
     low, high = spread.get("low"), spread.get("high")
     if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
         return f"{100 * spread['estimate']:.1f}"
@@ -101,7 +101,7 @@ def task_tables(matrix: dict[str, Any], heatmaps: dict[str, Path]) -> list[dict[
         by_model: dict[str, dict[str, dict]] = {}
         for c in cells:
             by_model.setdefault(c["model"], {})[_column(c)] = {
-                "text": _cell_text(c["metrics"][metric]),
+                "text": cell_text(c["metrics"][metric]),
                 "run_id": c.get("run_id", ""),
                 "lineage": f"{c.get('stage', '?')}: {c['source']} md5 {c.get('source_md5', '-')}; "
                 f"model {c.get('model_md5', '-')}; data {c.get('data_md5', '-')}",

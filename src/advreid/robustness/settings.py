@@ -14,14 +14,16 @@ class RobustnessParams:
     """``heatmaps``: tasks drawn (keys of advreid.robustness.plots.HEATMAPS); ``teacher``: the Re-ID model IPES-GAN
     adapts (names the direct-transfer row); ``seeds``: the seeds the claims' training stages run (recorded with each
     claim; chapter 3 trains ``gan.seeds``); ``register_models``: register each chapter's final model in the MLflow
-    model registry; ``report``: ``mlflow_ui`` (the MLflow UI address the HTML page links to), ``tables`` and
-    ``figures`` (title -> path of a Markdown table / PNG figure of a chapter stage, embedded in the page)."""
+    model registry: ``registry`` maps a registry name to ``{path, task, row, chapter}`` (the DVC output, and the
+    matrix row that becomes its description); ``report``: ``mlflow_ui`` (the MLflow UI address the HTML page links
+    to), ``tables`` and ``figures`` (title -> path of a chapter stage's Markdown table / PNG figure, embedded)."""
 
     teacher: str
     seeds: tuple[int, ...] = (0, 1, 2)
     heatmaps: tuple[str, ...] = tuple(HEATMAPS)
     register_models: bool = True
     report: dict[str, Any] = field(default_factory=dict)
+    registry: dict[str, Any] = field(default_factory=dict)
 
     def check(self, where: str = "robustness") -> RobustnessParams:
         unknown = sorted(set(self.heatmaps) - set(HEATMAPS))

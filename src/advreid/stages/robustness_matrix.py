@@ -8,6 +8,8 @@ lineage) is unchanged since the last run keeps its run and creates none. Cells n
 
 Outputs: ``reports/metrics/robustness_matrix.json`` (cells with their intervals, run ids and lineage; ``missing``),
 ``reports/matrix/cells.json`` (the fingerprint cache, DVC ``persist``), ``reports/matrix/<task>.png`` heatmaps.
+With ``robustness.register_models`` each chapter's final model (``robustness.registry``) is registered in the MLflow
+model registry with its lineage and its matrix row (advreid.robustness.registry).
 """
 
 from __future__ import annotations
@@ -47,12 +49,19 @@ def main(argv: list[str] | None = None) -> int:
         write_json(root / "reports" / "metrics" / "robustness_matrix.json", matrix)
         write_json(cache_path, records)
         figures = [heatmap(cells, t, root / "reports" / "matrix" / f"{t}.png") for t in params.heatmaps]
+        registered = []
+        if params.register_models:
+            from advreid.robustness.registry import register_final_models
+
+            registered = register_final_models(run.client, root, params.registry, matrix["cells"], run.run_id, lock)
         run.log_metrics({"cells": len(cells), "cells_created": created, "cells_missing": len(missing)})
         run.log_artifact(root / "reports" / "metrics" / "robustness_matrix.json", "matrix")
         for figure in figures:
             run.log_artifact(figure, "matrix")
     print(f"{STAGE}: {len(cells)} cells ({created} new MLflow cell runs, {len(cells) - created} unchanged), "
           f"{len(missing)} missing")  # fmt: skip
+    for model in registered:
+        print(f"{STAGE}: registered model {model.name} version {model.version}{' (new)' if model.created else ''}")
     return 0
 
 
