@@ -32,22 +32,13 @@ def per_query_scores(
     metric: str = "euclidean",
     ap_convention: str = "noninterp",
 ) -> tuple[Tensor, Tensor]:
-    """Per-query AP (Q,) and rank-1 hit (Q,) under the standard protocol; mean AP is the mAP of evaluate_rank.
-
-    Each query is scored alone for its rank-1 hit (RankResult keeps per-query AP, not per-query match ranks).
-    Raises ValueError when a query has no valid gallery match (it has no AP and no rank).
-    """
-    options = {"metric": metric, "ap_convention": ap_convention}
+    """Per-query AP (Q,) and rank-1 hit (Q,) under the standard protocol; their means are evaluate_rank's mAP and
+    rank-1. Raises ValueError when a query has no valid gallery match (it has no AP and no rank)."""
     result = evaluate_rank(query_features, gallery_features, query_labels, gallery_labels, query_cameras,
-                           gallery_cameras, **options)  # fmt: skip
+                           gallery_cameras, metric=metric, ap_convention=ap_convention)  # fmt: skip
     if result.num_valid_queries != len(query_labels):
         raise ValueError(f"{len(query_labels) - result.num_valid_queries} queries have no valid gallery match")
-    hits = torch.stack([
-        evaluate_rank(query_features[i : i + 1], gallery_features, query_labels[i : i + 1], gallery_labels,
-                      query_cameras[i : i + 1], gallery_cameras, max_rank=1, **options).cmc[0]
-        for i in range(len(query_labels))
-    ])  # fmt: skip
-    return result.per_query_ap.double(), hits.double()
+    return result.per_query_ap.double(), (result.per_query_first_match == 0).double()
 
 
 @torch.no_grad()

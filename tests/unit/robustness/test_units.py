@@ -60,3 +60,15 @@ def test_hits_that_do_not_add_up_to_rank1_are_refused(tmp_path: Path):
     (root / "reports/matrix/units/m1.json").write_text(json.dumps(units))
     with pytest.raises(ValueError, match="do not match rank-1 1 of 4"):
         matrix.collect(root, teacher="m1")
+
+
+def test_first_match_ranks_reproduce_the_cmc():
+    generator = torch.Generator().manual_seed(0)
+    qf, gf = torch.randn(30, 8, generator=generator), torch.randn(90, 8, generator=generator)
+    ql, gl = torch.arange(30) % 10, torch.arange(90) % 10
+    qc, gc = torch.zeros(30, dtype=torch.long), torch.ones(90, dtype=torch.long)
+    result = evaluate_rank(qf, gf, ql, gl, qc, gc, max_rank=10, chunk_size=7)
+    first = result.per_query_first_match
+    cmc = torch.stack([(first <= k).double().mean() for k in range(10)]).float()
+    assert torch.allclose(cmc, result.cmc) and len(first) == 30
+    assert evaluate_rank(qf, gf, ql, gl, qc, gc, single_shot_repeats=2).per_query_first_match is None
