@@ -19,6 +19,7 @@ lineage.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import math
@@ -241,15 +242,38 @@ def adaptation_cells(report: dict[str, Any], teacher: str, source: str) -> Itera
         yield Cell("adaptation", run, CLEAN, "-", numbers, source, {"seeds": [int(s) for s in order]})
 
 
-def certify_cells(method: str, metrics: dict[str, Any], source: str) -> Iterator[Cell]:
-    """Chapter 6: ``reports/metrics/certify/<method>.json`` -> certified accuracy per sigma and radius
-    (``sca`` is radius 0) over the certified test points."""
+POINT_COLUMNS = ("index", "label", "prediction", "radius", "correct")
+
+
+def read_points(path: Path) -> list[tuple[bool, float]]:
+    """``reports/certify/points/<method>_sigma_<s>.csv`` (written by ``certify``): (correct, radius) per test point
+    in index order."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != POINT_COLUMNS:
+            raise ValueError(f"{path}: expected columns {list(POINT_COLUMNS)}, got {reader.fieldnames}")
+        rows = sorted(reader, key=lambda row: int(row["index"]))
+    return [(row["correct"].strip().lower() in ("1", "true"), float(row["radius"])) for row in rows]
+
+
+def certify_cells(method: str, metrics: dict[str, Any], source: str, points_dir: Path | None = None) -> Iterator[Cell]:
+    """Chapter 6: ``reports/metrics/certify/<method>.json`` -> certified accuracy per sigma and radius (``sca`` is
+    radius 0) over the certified test points; with the per-point files of ``points_dir`` each cell also keeps its
+    0/1 outcome per point (certified correct: right prediction and radius >= r) for paired tests."""
     points = int(metrics["settings"]["points"])
     for sigma, block in sorted(metrics["sigma"].items(), key=lambda item: float(item[0])):
         radii = {"0": block["sca"]} | {k.removeprefix("rca_"): v for k, v in block.items() if k.startswith("rca_")}
+        per_point_path = None if points_dir is None else points_dir / f"{method}_sigma_{sigma}.csv"
+        per_point = read_points(per_point_path) if per_point_path and per_point_path.is_file() else None
         for radius, value in sorted(radii.items(), key=lambda item: float(item[0])):
+            spread = binomial(value, points)
+            if per_point is not None:
+                try:
+                    spread = with_hits(spread, [float(c and r >= float(radius)) for c, r in per_point])
+                except ValueError as err:
+                    raise ValueError(f"{per_point_path} at radius {radius}: {err}") from err
             yield Cell("certify", method, f"sigma_{sigma}", f"radius_{radius}",
-                       {"certified_accuracy": binomial(value, points)}, source, {"points": points})  # fmt: skip
+                       {"certified_accuracy": spread}, source, {"points": points})  # fmt: skip
 
 
 def collect(root: Path, *, teacher: str) -> tuple[list[Cell], list[dict[str, str]]]:
@@ -272,7 +296,7 @@ def collect(root: Path, *, teacher: str) -> tuple[list[Cell], list[dict[str, str
     if (path := metrics_dir / "ipes_gan.json").is_file():
         cells += adaptation_cells(_read(path), teacher, _rel(path, root))
     for path in sorted((metrics_dir / "certify").glob("*.json")):
-        cells += certify_cells(path.stem, _read(path), _rel(path, root))
+        cells += certify_cells(path.stem, _read(path), _rel(path, root), root / "reports" / "certify" / "points")
     return cells, missing_cells(cells)
 
 

@@ -70,3 +70,33 @@ def test_combine_needs_every_part():
     assert claims.combine(["reproduced", "inconclusive"]) == "inconclusive"
     assert claims.combine(["inconclusive", "not reproduced"]) == "not reproduced"
     assert claims.combine([]) == "inconclusive"
+
+
+def _points(root: Path, method: str, outcomes: list[tuple[int, float]]) -> None:
+    """Per-point file as `certify` writes it: index, label, prediction, radius, correct."""
+    lines = ["index,label,prediction,radius,correct"]
+    lines += [f"{i},{i % 10},{i % 10 if c else -1},{r!r},{c}" for i, (c, r) in reversed(list(enumerate(outcomes)))]
+    path = root / "reports/certify/points" / f"{method}_sigma_0.25.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_per_point_files_make_the_certify_claims_paired(tmp_path: Path):
+    root = write_matrix_project(tmp_path)  # zo_ruds: SCA 0.9, RCA(0.25) 0.2; zo_ds: SCA 0.3, RCA(0.25) 0.2
+    _points(root, "zo_ruds", [(1, 0.3), (1, 0.3)] + [(1, 0.1)] * 7 + [(0, 0.0)])
+    _points(root, "zo_ds", [(1, 0.3), (1, 0.3), (1, 0.1)] + [(0, 0.0)] * 7)
+    cells, _ = matrix.collect(root, teacher="m1")
+    sca = next(c for c in cells if c.key == "certify/zo_ruds/sigma_0.25/radius_0").metrics["certified_accuracy"]
+    assert sca.values == (1.0,) * 9 + (0.0,)  # in index order, whatever the file's row order
+    part = claims.claim_zo_ruds_beats_zo_ds(claims.Matrix(_matrix(cells)))[0]
+    assert part.numbers["mcnemar"]["only_a"] == 6 and part.numbers["mcnemar"]["only_b"] == 0
+    assert part.numbers["mcnemar"]["pvalue"] == pytest.approx(2 / 2**6)  # two-sided exact binomial, 6 vs 0
+    assert part.difference.method == "paired bootstrap" and part.difference.estimate == pytest.approx(0.6)
+    assert part.verdict == "reproduced"  # 6 of 10 points gained, none lost: every resample is positive
+
+
+def test_per_point_files_that_disagree_with_the_metrics_are_refused(tmp_path: Path):
+    root = write_matrix_project(tmp_path)
+    _points(root, "zo_ds", [(1, 0.3)] * 10)  # the metrics say SCA 3 of 10
+    with pytest.raises(ValueError, match="zo_ds_sigma_0.25.csv at radius 0"):
+        matrix.collect(root, teacher="m1")
