@@ -43,6 +43,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "advreid.stages.defense_report",
         "chapter-5 tables 5.1-5.4, 5.6, 5.7 and the rank-1 vs eps plot",
     ),
+    # issue 12: the robustness matrix, the claims, the HTML report, run comparison
+    "robustness-matrix": (
+        "advreid.stages.robustness_matrix",
+        "every model/defense x attack x budget (and ch. 6 method x sigma x radius) as MLflow cells, heatmaps",
+    ),
+    "attack-units": ("advreid.stages.attack_units", "per-query AP / rank-1 hits, per-image SSIM of saved attacks"),
+    "claims": ("advreid.stages.claims", "judge the thesis' directional claims on the matrix: reports/claims.{json,md}"),
+    "report": ("advreid.stages.report", "one self-contained HTML page: claims, tables, heatmaps, figures, lineage"),
+    "compare": ("advreid.robustness.compare", "metrics of two MLflow runs / DVC experiments / git revisions"),
     "profile": ("advreid.profile", "print `dvc exp run -S` arguments applying an override file (params.thesis.yaml)"),
     "check": ("advreid.preflight", "pre-flight: build and check every stage's params, touching nothing (exit 2)"),
     "where": ("advreid.stages.where", "print where results, plots and the MLflow database are, and how to browse them"),

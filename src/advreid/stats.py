@@ -164,3 +164,44 @@ def verdict(difference: Interval, *, at_least: float = 0.0) -> Verdict:
     if difference.high <= at_least:
         return "not reproduced"
     return "inconclusive"
+
+
+def over_seeds_from_summary(mean: float, std: float, n: int, level: float = LEVEL) -> Interval:
+    """The Student-t interval of :func:`over_seeds` from a stored mean, sample std (ddof = 1) and count.
+
+    Upstream stages store ``mean`` and ``std`` over their noise draws rather than every draw; ``n < 2`` or a NaN std
+    gives an undefined interval.
+    """
+    _check_level(level)
+    if n < 2 or not math.isfinite(std):
+        nan = float("nan")
+        return Interval(float(mean), nan, nan, int(n), level, "t")
+    half = float(sps.t.ppf(0.5 + level / 2, df=n - 1)) * float(std) / math.sqrt(n)
+    return Interval(float(mean), mean - half, mean + half, int(n), level, "t")
+
+
+def bonferroni_level(level: float = LEVEL, parts: int = 2) -> float:
+    """The level each of ``parts`` intervals needs so that all hold together at ``level`` (Bonferroni)."""
+    _check_level(level)
+    return 1.0 - (1.0 - level) / parts
+
+
+def difference_bounds(a: Interval, b: Interval, *, scale: float = 1.0) -> Interval:
+    """A conservative interval of ``a - scale * b`` from two intervals that need not be paired or independent.
+
+    When both intervals hold, ``a - scale * b`` lies in ``[a.low - scale * b.high, a.high - scale * b.low]``
+    (``scale >= 0``); by the union bound the result holds with probability at least ``1 - (1 - a.level) -
+    (1 - b.level)``, so build ``a`` and ``b`` at :func:`bonferroni_level` for a 95% difference. Undefined when
+    either is.
+    """
+    if scale < 0:
+        raise ValueError(f"difference_bounds: scale must be >= 0, got {scale}")
+    level = 1.0 - (1.0 - a.level) - (1.0 - b.level)
+    return Interval(
+        a.estimate - scale * b.estimate,
+        a.low - scale * b.high,
+        a.high - scale * b.low,
+        min(a.n, b.n),
+        level,
+        "bonferroni",
+    )

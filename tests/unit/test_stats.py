@@ -95,3 +95,26 @@ def test_bad_input_is_named():
         stats.clopper_pearson(11, 10)
     with pytest.raises(ValueError, match="level"):
         stats.bootstrap_mean([1.0, 2.0], level=95)
+
+
+def test_the_interval_from_a_stored_summary_is_the_one_over_the_values():
+    values = [0.2, 0.35, 0.1, 0.3, 0.25]
+    summary = stats.over_seeds(values)
+    stored = stats.over_seeds_from_summary(summary.mean, summary.std, len(values))
+    assert (stored.low, stored.high) == pytest.approx((summary.interval.low, summary.interval.high))
+    assert math.isnan(stats.over_seeds_from_summary(0.4, 0.0, 1).low)
+
+
+def test_difference_bounds_by_hand_and_its_bonferroni_level():
+    assert stats.bonferroni_level(0.95) == pytest.approx(0.975)
+    a = stats.Interval(0.5, 0.4, 0.6, 10, 0.975)
+    b = stats.Interval(0.1, 0.05, 0.2, 12, 0.975)
+    d = stats.difference_bounds(a, b, scale=3.0)
+    # a - 3b: estimate 0.5 - 0.3, low 0.4 - 3 * 0.2, high 0.6 - 3 * 0.05
+    assert (d.estimate, d.low, d.high) == pytest.approx((0.2, -0.2, 0.45))
+    assert d.level == pytest.approx(0.95) and d.n == 10
+    assert stats.verdict(d) == "inconclusive"
+    assert stats.verdict(stats.difference_bounds(a, b)) == "reproduced"  # 0.4 - 0.2 > 0
+    assert stats.verdict(stats.difference_bounds(b, a)) == "not reproduced"  # 0.2 - 0.4 <= 0
+    with pytest.raises(ValueError, match="scale"):
+        stats.difference_bounds(a, b, scale=-1.0)

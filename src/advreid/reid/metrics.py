@@ -27,6 +27,8 @@ class RankResult:
     num_valid_queries: int
     ap_convention: str
     per_query_ap: Tensor = field(repr=False)
+    # 0-based rank of each valid query's first true match (multi-shot CMC only; None with single-shot repeats)
+    per_query_first_match: Tensor | None = field(default=None, repr=False)
 
     def rank(self, k: int) -> float:
         return float(self.cmc[k - 1])
@@ -122,7 +124,7 @@ def evaluate_rank(
     max_rank = min(max_rank, num_g)
     g_labels, g_cams = gallery_labels.long(), gallery_cameras.long()
     cmc_sum = torch.zeros(max_rank, dtype=torch.float64)
-    aps, inps = [], []
+    aps, inps, firsts = [], [], []
     for start in range(0, num_q, chunk_size):
         idx = torch.arange(start, min(start + chunk_size, num_q))
         if distance_fn is not None:
@@ -158,6 +160,7 @@ def evaluate_rank(
             if single_shot_repeats == 0:
                 first = kept.to(torch.uint8).argmax(1)  # first true match (argmax returns the first maximum)
                 cmc_sum += torch.bincount(first[first < max_rank], minlength=max_rank).cumsum(0)
+                firsts.append(first)
             aps.append(average_precision(kept, ap_convention))
             last = kept.shape[1] - 1 - kept.flip(1).to(torch.uint8).argmax(1)
             inps += (kept.sum(1).double() / (last.double() + 1.0)).tolist()
@@ -172,6 +175,7 @@ def evaluate_rank(
         num_valid_queries=num_valid,
         ap_convention=ap_convention,
         per_query_ap=ap_tensor.float(),
+        per_query_first_match=torch.cat(firsts) if single_shot_repeats == 0 else None,
     )
 
 

@@ -1,0 +1,1 @@
+"""The robustness picture: the attack x defense matrix, the thesis claims judged with intervals, the report."""
