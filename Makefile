@@ -40,6 +40,7 @@ run: setup
 	$(BIN)/advreid check
 	$(BIN)/python flows/pipeline.py
 	@$(BIN)/advreid where
+	@echo "report: $(CURDIR)/reports/index.html"
 
 test: setup lint
 	$(BIN)/python -m pytest -q
