@@ -191,6 +191,16 @@ def _defense_report(params: Path, args: list[str]) -> None:
 
 
 # subcommand of `advreid` -> checker(params.yaml path, the command's arguments)
+def _attack_units(params: Path, args: list[str]) -> None:
+    _eval_settings(params, args[0])
+
+
+def _robustness(params: Path, args: list[str]) -> None:
+    from advreid.robustness.settings import RobustnessParams
+
+    build(RobustnessParams, load_params("robustness", params), "robustness").check()
+
+
 CHECKS: dict[str, Callable[[Path, list[str]], None]] = {
     "demo-data": _demo_data,
     "ingest": _ingest,
@@ -208,6 +218,10 @@ CHECKS: dict[str, Callable[[Path, list[str]], None]] = {
     "train-defense": _train_defense,
     "eval-defense": _eval_defense,
     "defense-report": _defense_report,
+    "attack-units": _attack_units,
+    "robustness-matrix": _robustness,
+    "claims": _robustness,
+    "report": _robustness,
 }
 
 
