@@ -141,7 +141,7 @@ def projected_sinkhorn(
         lam: entropy regularisation lambda of eq. 4.6; larger is sharper and slower to converge.
         kernel_size: odd side of the local transport window.
         max_iter: iteration cap.
-        tol: tolerance on the relative primal residuals (mass error and ball constraint).
+        tol: tolerance on the relative primal residuals (mass error and ball constraint); 0 runs max_iter.
         unit_mass: True: mass is the fraction of the clean image's total (thesis 4.2, Wong et al.).
             False: mass is raw [0, 1] intensity, which is the same problem with ``lam * M`` and ``eps_w / M``
             for an image of total intensity M.
@@ -162,8 +162,8 @@ def projected_sinkhorn(
         raise ValueError(f"lam must be positive, got {lam}")
     if max_iter < 1:
         raise ValueError(f"max_iter must be at least 1, got {max_iter}")
-    if tol <= 0:
-        raise ValueError(f"tol must be positive, got {tol}")
+    if tol < 0:
+        raise ValueError(f"tol must be non-negative (0: run max_iter iterations), got {tol}")
     batch = x_clean.shape[0]
     eps = torch.as_tensor(eps_w, dtype=x_clean.dtype, device=x_clean.device)
     if eps.dim() > 1 or eps.numel() not in (1, batch):
