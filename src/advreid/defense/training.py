@@ -32,6 +32,7 @@ from advreid.defense.meta import (
     task_loss,
 )
 from advreid.defense.noise import NoiseConfig, StochasticReIDModel, build_stochastic_model
+from advreid.io import load_torch
 from advreid.models.reid import build_reid_model
 from advreid.params import ParamsError, build
 from advreid.reid.checkpoint import load_trained_model
@@ -283,7 +284,7 @@ def load_defended_model(path: str | Path, device: torch.device | str = "cpu") ->
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run the train_defense stage for this defense first")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = load_torch(path, "train_defense model file")
     meta = checkpoint.get("meta") or {}
     if "settings" not in meta or "arch" not in meta:
         raise ValueError(f"{path}: not a train_defense model file (meta lacks settings / arch)")

@@ -22,7 +22,7 @@ from advreid.gan.data import DomainImages, load_domain
 from advreid.gan.evaluation import cycle_ssim, domain_mmd, translate_domains, translation_grid
 from advreid.gan.networks import Generator
 from advreid.gan.trainer import CURVE_COLUMNS, GANSettings, train_ipes_gan
-from advreid.io import atomic_path, sha256_file, write_text
+from advreid.io import atomic_path, load_torch, sha256_file, write_text
 from advreid.models.reid import ReIDModel
 from advreid.params import ParamsError, build
 from advreid.reid.checkpoint import load_trained_model
@@ -204,7 +204,7 @@ def subset(domain: DomainImages, count: int) -> DomainImages:
 def load_generator(path: Path, device: torch.device) -> tuple[Generator, GANSettings]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run the train_gan stage for this run first")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = load_torch(path, "IPES-GAN generator checkpoint")
     meta = checkpoint["meta"]
     settings = build(GANSettings, meta["settings"], str(path))
     generator = Generator(settings.sizes, meta["id_dim"], meta["source_cameras"], meta["target_cameras"])

@@ -15,7 +15,7 @@ import sys
 import torch
 
 from advreid.device import select_device
-from advreid.io import write_json
+from advreid.io import load_torch, write_json
 from advreid.params import build, load_params
 from advreid.reid.checkpoint import ReIDParams, load_trained_model, model_entry
 from advreid.reid.evaluation import EvalSettings
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         ap, hit = per_query_scores(q.features, g.features, q.labels, g.labels, q.cameras, g.cameras, **options)
         units = {"clean": {"ap": ap.tolist(), "rank1_hit": hit.tolist()}}
         for path in sorted(adversarial_dir.glob("*.pt")):
-            saved = torch.load(path, map_location="cpu", weights_only=False)
+            saved = load_torch(path, "adversarial examples file")
             side = splits[saved["split"]]
             if [str(p) for p in saved["path"]] != side.paths:
                 raise ValueError(f"{path}: its images are not the {saved['split']} split of {reid.source} in order")

@@ -12,7 +12,14 @@ from torch import nn
 from advreid.attacks import wasserstein
 from advreid.attacks.gradient import attack
 from advreid.attacks.objectives import reid_non_targeted
-from advreid.attacks.wasserstein import local_transport_cost, projected_sinkhorn, wma, wright_omega
+from advreid.attacks.wasserstein import (
+    exact_wasserstein_distance,
+    local_transport_cost,
+    projected_sinkhorn,
+    wasserstein_metric_attack,
+    wma,
+    wright_omega,
+)
 
 
 def exact_wasserstein(clean: torch.Tensor, other: torch.Tensor) -> float:
@@ -250,26 +257,194 @@ def test_wma_is_algorithm_1():
     objective = reid_non_targeted(gallery)
     eps, eps_w, step, lam = 6 / 255, 0.02, 2 / 255, 500.0
     adv = wma(model, x, objective, eps_w=eps_w, eps=eps, step=step, steps=2, lam=lam)
-    # Algorithm 1 by hand: sign step, Wasserstein projection around the clean image, clip Gamma and [0, 1].
-    current = x
+    # Algorithm 1 by hand in Wong et al.'s order: sign step, clip Gamma, Wasserstein projection around the
+    # clean image (warm-started from the previous one), then [0, 1].
+    current, state = x, None
     for _ in range(2):
         point = current.clone().requires_grad_(True)
         (grad,) = torch.autograd.grad(objective(model(point)).sum(), point)
-        stepped = current + step * grad.sign()
-        projected = projected_sinkhorn(x, stepped, eps_w, lam=lam).images
-        current = torch.minimum(torch.maximum(projected, x - eps), x + eps).clamp(0, 1)
+        stepped = torch.minimum(torch.maximum(current + step * grad.sign(), x - eps), x + eps)
+        projected = projected_sinkhorn(x, stepped, eps_w, lam=lam, initial=state)
+        state = (projected.multiplier, projected.scaling)
+        current = projected.images.clamp(0, 1)
     torch.testing.assert_close(adv, current, rtol=0, atol=1e-12)
-    assert (adv - x).abs().max() <= eps + 1e-12
     assert (objective(model(adv)) > objective(model(x))).all()
 
 
-def test_wma_is_the_projection_callable_of_the_common_loop():
+def test_wma_without_gamma_is_the_projection_callable_of_the_common_loop():
+    # Without the clip Gamma, WMA is the common loop's step, projection and [0, 1]: the same fixed points, so
+    # equal up to the projections' tolerance (WMA warm-starts them, the callable starts cold).
     model = _feature_model()
     x = torch.rand(1, 3, 8, 4, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     objective = reid_non_targeted(model(x).detach() + 0.1)
 
     def projection(clean, point):
-        return projected_sinkhorn(clean, point, 0.05, lam=300.0).images
+        return projected_sinkhorn(clean, point, 0.05, lam=300.0, tol=1e-10, max_iter=5000).images
 
-    expected = attack(model, x, objective, eps=0.1, step=0.02, steps=2, projection=projection)
-    torch.testing.assert_close(wma(model, x, objective, eps_w=0.05, eps=0.1, step=0.02, steps=2, lam=300.0), expected)
+    expected = attack(model, x, objective, eps=1.0, step=0.02, steps=2, projection=projection)
+    result = wasserstein_metric_attack(
+        model, x, objective, eps_w=0.05, eps=None, step=0.02, steps=2, lam=300.0, tol=1e-10, max_iter=5000
+    )
+    assert result.unconverged.sum() == 0
+    torch.testing.assert_close(result.images, expected, rtol=0, atol=1e-7)
+
+
+def _dense_kernel(height, width, k, psi):
+    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    pos = torch.stack([rows.ravel(), cols.ravel()], 1).double()
+    inside = ((pos[:, None] - pos[None]).abs() <= k // 2).all(-1)
+    return torch.where(inside, torch.exp(-psi * torch.cdist(pos, pos) - 1.0), torch.zeros(()).double())
+
+
+def test_mass_error_is_the_row_marginal_violation_of_the_first_plan():
+    # One iteration from psi = 1, v = 1 by hand with a dense plan and scipy's Lambert W.
+    x = 0.1 + torch.rand((1, 1, 3, 4), generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    w = (x + 0.3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(13), dtype=x.dtype)).clamp(0, 1)
+    lam = 20.0
+    result = projected_sinkhorn(x, w, 0.1, lam=lam, kernel_size=3, max_iter=1)
+    p = (x / x.sum()).reshape(-1)
+    q = (w / x.sum()).reshape(-1)
+    kernel = _dense_kernel(3, 4, 3, 1.0)
+    u = p / (kernel @ torch.ones_like(p))
+    a = kernel.T @ u
+    z = torch.from_numpy(np.real(scipy.special.lambertw((lam * a * torch.exp(lam * q)).numpy()))) / lam
+    v = z / a
+    expected = (u * (kernel @ v) - p).abs().sum()
+    assert result.mass_error.item() == pytest.approx(expected.item(), rel=1e-9)
+    torch.testing.assert_close(result.images.reshape(-1) / x.sum(), z)
+    assert expected > 1e-3 and not result.converged.any()
+
+
+@pytest.mark.parametrize("tol", [1e-5, 1e-8])
+def test_converged_means_primal_residuals_below_tol(tol):
+    x = _random_images((2, 3, 8, 4), seed=14)
+    x_adv = (x + 0.5 * torch.randn(x.shape, generator=torch.Generator().manual_seed(15), dtype=x.dtype)).clamp(0, 1)
+    eps_raw = 2.0
+    result = projected_sinkhorn(x, x_adv, eps_raw, lam=10.0, max_iter=5000, tol=tol, unit_mass=False)
+    assert result.converged.all() and (result.mass_error <= tol).all()
+    # The columns of the plan are the image, so its mass differs from the clean mass by at most the mass error.
+    mass = x.sum(dim=(1, 2, 3))
+    assert ((result.images.sum(dim=(1, 2, 3)) - mass).abs() / mass <= tol).all()
+    assert ((result.transport_cost - eps_raw).abs() <= tol * eps_raw).all()  # the ball constraint is active
+    # The old dual-objective rule (tol 1e-6) stopped far earlier, at a mass error of order 1e-3.
+    early = projected_sinkhorn(x, x_adv, eps_raw, lam=10.0, max_iter=int(result.iterations.min()) // 10, tol=tol)
+    assert not early.converged.any()
+
+
+def test_warm_start_reaches_the_same_fixed_point_in_fewer_iterations():
+    x = _random_images((2, 3, 8, 4), seed=16)
+    g = torch.Generator().manual_seed(17)
+    first = (x + 0.3 * torch.randn(x.shape, generator=g, dtype=x.dtype)).clamp(0, 1)
+    second = (first + 0.02 * torch.randn(x.shape, generator=g, dtype=x.dtype)).clamp(0, 1)
+    options = {"lam": 10.0, "max_iter": 5000, "tol": 1e-9, "unit_mass": False}
+    previous = projected_sinkhorn(x, first, 1.5, **options)
+    cold = projected_sinkhorn(x, second, 1.5, **options)
+    warm = projected_sinkhorn(x, second, 1.5, initial=(previous.multiplier, previous.scaling), **options)
+    assert cold.converged.all() and warm.converged.all()
+    assert (warm.iterations < cold.iterations).all()
+    torch.testing.assert_close(warm.images, cold.images, rtol=0, atol=1e-6)
+    torch.testing.assert_close(warm.multiplier, cold.multiplier, rtol=1e-4, atol=0)
+
+
+class _CountingObjective:
+    """Distance of the features from fixed references; records the batches it saw."""
+
+    def __init__(self, references):
+        self.references = references
+
+    def __call__(self, features):
+        return (features - self.references).norm(dim=1)
+
+
+def test_radius_grows_by_the_factor_every_period_for_unfooled_queries_only():
+    model = _feature_model()
+    x = 0.1 + 0.5 * torch.rand(2, 3, 8, 4, generator=torch.Generator().manual_seed(18), dtype=torch.float64)
+    objective = _CountingObjective(model(x).detach() + 0.1)
+    calls = []
+
+    def fooled(output):  # query 0 counts as fooled from the 12th check on; query 1 never
+        calls.append(len(calls))
+        return torch.tensor([len(calls) > 11, False])
+
+    result = wasserstein_metric_attack(
+        model,
+        x,
+        objective,
+        eps_w=1.0,
+        eps=None,
+        step=1 / 255,
+        steps=25,
+        lam=10.0,
+        max_iter=50,
+        unit_mass=False,
+        growth=1.1,
+        grow_every=10,
+        fooled=fooled,
+    )
+    # Query 1 stepped 25 times, its radius grown before steps 10 and 20; query 0 stopped after 11 steps,
+    # grown once.
+    assert result.steps.tolist() == [11, 25]
+    torch.testing.assert_close(result.eps_w, torch.tensor([1.1, 1.1**2], dtype=torch.float64))
+    assert result.fooled.tolist() == [True, False]
+
+
+def test_only_unfooled_queries_move():
+    model = _feature_model()
+    x = 0.1 + 0.5 * torch.rand(3, 3, 8, 4, generator=torch.Generator().manual_seed(19), dtype=torch.float64)
+    objective = _CountingObjective(model(x).detach() + 0.1)
+    result = wasserstein_metric_attack(
+        model,
+        x,
+        objective,
+        eps_w=0.5,
+        eps=4 / 255,
+        step=1 / 255,
+        steps=3,
+        lam=10.0,
+        unit_mass=False,
+        fooled=lambda output: torch.tensor([True, False, True]),
+    )
+    assert torch.equal(result.images[0], x[0]) and torch.equal(result.images[2], x[2])
+    assert (result.images[1] - x[1]).abs().max() > 0
+    assert result.steps.tolist() == [0, 3, 0] and result.iterations[0] == 0
+
+
+def test_output_is_inside_the_final_wasserstein_ball():
+    model = _feature_model()
+    x = 0.1 + 0.5 * torch.rand(2, 3, 8, 4, generator=torch.Generator().manual_seed(20), dtype=torch.float64)
+    objective = _CountingObjective(model(x).detach() + 0.1)
+    result = wasserstein_metric_attack(
+        model,
+        x,
+        objective,
+        eps_w=0.5,
+        eps=8 / 255,
+        step=4 / 255,
+        steps=12,
+        lam=10.0,
+        max_iter=2000,
+        tol=1e-7,
+        unit_mass=False,
+        growth=1.1,
+        grow_every=5,
+    )
+    assert result.unconverged.sum() == 0 and (result.mass_error <= 1e-7).all()
+    torch.testing.assert_close(result.eps_w, torch.full((2,), 0.5 * 1.1**2, dtype=torch.float64))
+    for b in range(2):
+        distance = exact_wasserstein(x[b], result.images[b]) * x[b].sum().item()  # raw units
+        assert distance <= result.eps_w[b].item() * (1 + 1e-4)
+        assert distance > 0.05 * result.eps_w[b].item()  # the image moved (the entropic plan moves more mass)
+    # the ball constraint is active: the last plan's cost is the radius
+    torch.testing.assert_close(result.transport_cost, result.eps_w, rtol=1e-6, atol=0)
+    # The stage's helper: the same exact distance, and on 2x2 block images pooled by 2 it is exact too.
+    torch.testing.assert_close(
+        exact_wasserstein_distance(x, result.images),
+        torch.tensor([exact_wasserstein(x[b], result.images[b]) * x[b].sum().item() for b in range(2)]).double(),
+        rtol=1e-6,
+        atol=0,
+    )
+    blocks = torch.zeros(1, 1, 8, 8, dtype=torch.float64)
+    blocks[..., 2:4, 2:4] = 1.0
+    shifted = torch.roll(blocks, 2, dims=3)  # 4 units of mass moved by 2 pixels
+    assert exact_wasserstein_distance(blocks, shifted, pool=2).item() == pytest.approx(8.0)
+    assert exact_wasserstein_distance(blocks, shifted).item() == pytest.approx(8.0)
