@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from advreid.certify.blackbox import BlackBox
 from advreid.certify.reconstruction import RECONSTRUCTION
+from advreid.certify.targets import fingerprint
 from advreid.certify.training import (
     CLASSIFICATION,
     Defense,
@@ -32,7 +33,7 @@ from advreid.certify.training import (
     prepare_defense,
     train_defense,
 )
-from advreid.reid.engine import load_checkpoint, save_checkpoint
+from advreid.reid.engine import load_checkpoint, resumable_epochs, save_checkpoint
 
 TRAINING_FIELDS = ("loss", "objective", "mse", "noisy_accuracy", "queries_per_sample")
 
@@ -66,6 +67,7 @@ def train_method(
     seed: int,
     out_dir: Path,
     on_done: Callable[[str, float], None] | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> dict[str, list[dict[str, float]]]:
     """Train ``method``'s defense at every sigma against the classifier, then one against the reconstructor.
 
@@ -75,6 +77,7 @@ def train_method(
         seed: the defense at sigma index i uses ``seed + i``; the reconstruction one ``seed + len(sigmas)``.
         out_dir: where ``sigma_<s>.pt`` and ``reconstruction.pt`` are written.
         on_done: called with (key, seconds) after each classification defense.
+        checkpoint_dir: per-epoch checkpoints ``<key>.pt`` of each training, resumed after a kill.
 
     Returns:
         ``{"sigma_<s>" | "reconstruction": per-epoch records}``.
@@ -90,6 +93,7 @@ def train_method(
         histories[key] = train_one(
             method, settings, classifier, CLASSIFICATION, images, targets, sigma, seed + index,
             out_dir / f"{key}.pt", validation=(BlackBox(classifier), val_x, val_y),
+            checkpoint=None if checkpoint_dir is None else checkpoint_dir / f"{key}.pt",
         )  # fmt: skip
         if on_done is not None:
             on_done(key, time.perf_counter() - started)
@@ -98,6 +102,7 @@ def train_method(
     histories["reconstruction"] = train_one(
         method, settings, reconstructor, RECONSTRUCTION, inputs, recon_targets, recon_sigma, seed + len(sigmas),
         out_dir / "reconstruction.pt", epochs=recon_epochs,
+        checkpoint=None if checkpoint_dir is None else checkpoint_dir / "reconstruction.pt",
     )  # fmt: skip
     return histories
 
@@ -115,10 +120,13 @@ def train_one(
     *,
     epochs: int | None = None,
     validation: tuple[Callable[[Tensor], Tensor], Tensor, Tensor] | None = None,
+    checkpoint: Path | None = None,
 ) -> list[dict[str, float]]:
     """Build, pre-train and train one defense of ``method`` against ``target``; save it to ``path``.
 
     ``validation`` = (query-only target, images, labels) adds the per-epoch ``noisy_accuracy`` (Fig. 6.6).
+    ``checkpoint``: saved every epoch; a training killed after its pre-training resumes from it when it was written
+    with the same settings, target outputs and inputs (else it starts again and says why).
     """
     torch.manual_seed(seed)  # the initial weights
     generator = torch.Generator(inputs.device).manual_seed(seed)
@@ -131,13 +139,19 @@ def train_one(
         lambda_cs=settings.lambda_cs, lambda_mmd=settings.lambda_mmd, generator=generator,
     )  # fmt: skip
     label = f"{method.name} {task.name} sigma={sigma:g}"
-    pretrain = TrainSchedule(settings.pretrain_epochs, settings.batch_size, settings.pretrain_lr, lr_step=10**9)
-    if settings.pretrain_epochs > 0:
-        prepare_defense(trainer, inputs, pretrain, generator=generator)
     schedule = TrainSchedule(
         epochs or settings.epochs, settings.batch_size, settings.lr, settings.lr_step,
         weight_decay=settings.weight_decay,
     )  # fmt: skip
+    config = {"settings": asdict(settings), "method": method.name, "task": task.name, "sigma": sigma, "seed": seed,
+              "epochs": schedule.epochs}  # fmt: skip
+    key = fingerprint(config, inputs, targets)
+    done = 0
+    if checkpoint is not None:
+        done = resumable_epochs(checkpoint, key, schedule.epochs, stage=label, written_with="settings or inputs")
+    pretrain = TrainSchedule(settings.pretrain_epochs, settings.batch_size, settings.pretrain_lr, lr_step=10**9)
+    if settings.pretrain_epochs > 0 and done == 0:  # a resumed training has its pre-trained weights in the checkpoint
+        prepare_defense(trainer, inputs, pretrain, generator=generator)
     on_epoch = None
     if validation is not None:
         query, val_x, val_y = validation
@@ -146,7 +160,10 @@ def train_one(
             noise = torch.Generator(inputs.device).manual_seed(seed)  # the same draws after every epoch
             return {"noisy_accuracy": noisy_accuracy(defense, query, val_x, val_y, sigma, noise)}
 
-    history = train_defense(trainer, inputs, targets, schedule, generator=generator, on_epoch=on_epoch, desc=label)
+    history = train_defense(
+        trainer, inputs, targets, schedule, generator=generator, on_epoch=on_epoch, desc=label,
+        checkpoint=checkpoint, fingerprint=key, resume=done > 0,
+    )  # fmt: skip
     meta = {
         "method": method.name,
         "task": task.name,

@@ -6,14 +6,14 @@ points whose prediction is right (dataset label) and whose radius is at least r 
 The reconstruction defense is evaluated under 40-step L2 PGD (Table 6.3). ``baseline`` certifies the
 classifier alone (no denoiser) and evaluates the undefended reconstruction network ("Vanilla").
 
-Outputs: ``reports/metrics/certify/<method>.json`` and ``reports/certify/curves/<method>.csv`` (certified
-accuracy per radius, one column per sigma).
+Outputs: ``reports/metrics/certify/<method>.json``, ``reports/certify/curves/<method>.csv`` (certified
+accuracy per radius, one column per sigma) and ``reports/certify/points/<method>_sigma_<s>.csv`` (per test point:
+index, label, prediction, radius, correct) for the paired tests of ``certify_report``.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from torch import nn
 
-    from advreid.certify.certification import CertifySettings, certify_sigma, curve_table, evenly_spaced
+    from advreid.certify.certification import CertifySettings, certify_method, curve_table, evenly_spaced, points_table
     from advreid.certify.defenses import load_defense
     from advreid.certify.reconstruction import evaluate_reconstruction
     from advreid.certify.targets import load_images, load_reconstructor
@@ -90,23 +90,15 @@ def main(argv: list[str] | None = None) -> int:
     with stage_run(stage, {**asdict(params), "method": name}) as run:
         points = evenly_spaced(test_x.shape[0], params.num_points)
         grid = np.round(np.arange(0.0, max(params.radii) + params.curve_step / 2, params.curve_step), 10)
-        results, curves = {}, {}
-        for sigma in params.sigmas:
+
+        def base_for(sigma: float) -> nn.Module:
             defense = None if method is None else load_defense(defenses / f"sigma_{sigma:g}.pt", device)[0]
-            base = nn.Sequential(defense, classifier) if defense is not None else classifier
-            started = time.perf_counter()
-            results[f"{sigma:g}"], curves[f"{sigma:g}"] = certify_sigma(
-                base,
-                test_x[points],
-                test_y[points],
-                num_classes,
-                sigma,
-                settings,
-                grid,
-                seed,
-                f"{name} sigma={sigma:g}",
-            )
-            run.log_metrics({f"sigma_{sigma:g}.seconds": time.perf_counter() - started})
+            return classifier if defense is None else nn.Sequential(defense, classifier)
+
+        results, curves, per_point = certify_method(
+            base_for, test_x, test_y, points, num_classes, params.sigmas, settings, grid, seed, name,
+            on_done=lambda sigma, seconds: run.log_metrics({f"sigma_{sigma:g}.seconds": seconds}),
+        )  # fmt: skip
         recon_defense, recon_meta = (
             (None, {"sigma": 0.0}) if method is None else load_defense(defenses / "reconstruction.pt", device)
         )
@@ -127,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         write_json(root / "reports" / "metrics" / "certify" / f"{name}.json", metrics)
         curve_path = root / "reports" / "certify" / "curves" / f"{name}.csv"
         write_text(curve_path, curve_table(grid, curves))
+        for sigma, result in per_point.items():
+            write_text(root / "reports" / "certify" / "points" / f"{name}_sigma_{sigma}.csv", points_table(result))
         run.log_metrics({f"sigma_{s}.{k}": v for s, d in results.items() for k, v in d.items()})
         run.log_metrics({f"reconstruction.eps_{e}.{k}": v for e, d in reconstruction.items() for k, v in d.items()})
         run.log_artifact(curve_path, "certify")

@@ -1,7 +1,9 @@
 """Stage ``certify_report``: Tables 6.1-6.7 of chapter 6 as one metrics JSON, Fig. 6.4 and Fig. 6.6.
 
 Reads what ``certify@<method>``, ``certify_baseline`` and ``train_denoiser@<method>`` wrote for the methods of
-``train_denoiser.methods``. A table whose methods were not run says which to add instead of printing numbers.
+``train_denoiser.methods``, including the per-point results for the paired tests (McNemar, paired bootstrap) and
+the Clopper-Pearson intervals of ``statistics``. A table whose methods were not run says which to add instead
+of printing numbers.
 
 Outputs: ``reports/metrics/certify_report.json`` (the tables), ``reports/certify/tables.md`` (the same, for
 reading, with the certification settings and how they differ from the thesis), and the figures
@@ -25,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     q = int(load_params("train_denoiser.settings.q", root / "params.yaml"))
     dataset = load_params("train_classifier.dataset", root / "params.yaml")
 
+    from advreid.certify.certification import read_points
     from advreid.certify.plots import plot_certified_accuracy, plot_training_curves
     from advreid.certify.report import BASELINE, build_tables, read_csv, read_json, render_markdown
     from advreid.tracking.mlflow_run import stage_run
@@ -34,7 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     curves = {name: read_csv(root / "reports" / "certify" / "curves" / f"{name}.csv") for name in results}
     training = {name: read_csv(root / "reports" / "certify" / "training" / f"{name}.csv") for name in methods}
-    tables = build_tables(results, q, dataset)
+    folder = root / "reports" / "certify" / "points"
+    points = {
+        name: {s: read_points(folder / f"{name}_sigma_{s}.csv") for s in results[name]["sigma"]} for name in results
+    }
+    tables = build_tables(results, q, dataset, points)
     out = root / "reports" / "certify"
     with stage_run("certify_report", {"methods": methods, "q": q, "dataset": dataset}) as run:
         write_json(root / "reports" / "metrics" / "certify_report.json", tables)
@@ -49,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
         run.log_metrics(
             {f"table_6_1.{m}.{k}": v for m, row in main_rows.items() for k, v in row.items() if k != "type"}
         )
+        for claim in tables["statistics"]["claims"]:
+            for at, entry in claim["radii"].items():
+                run.log_metrics(
+                    {f"claim.{claim['better']}_vs_{claim['worse']}.{at}.pvalue": entry["mcnemar"]["pvalue"]}
+                )
     settings = tables["settings"]
     print(f"certify_report: {len(methods)} methods; n = {settings['n']} (thesis {settings['thesis_n']}) -> {out}")
     return 0

@@ -6,7 +6,8 @@ images from their compressed-sensing back-projections.
 
 Outputs: ``models/classifier/<dataset>.pt``, ``models/reconstructor/<reconstruction.dataset>.pt`` (the one
 checkpoint format of :func:`advreid.reid.engine.save_checkpoint`, with the builder arguments in ``meta``) and
-``reports/metrics/train_classifier.json``.
+``reports/metrics/train_classifier.json``. The classifier's epochs are checkpointed in
+``models/classifier/checkpoints/last.pt`` (a DVC ``persist`` out): a killed run resumes there.
 """
 
 from __future__ import annotations
@@ -56,7 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     from torch import nn
 
     from advreid.certify.reconstruction import reconstruction_errors
-    from advreid.certify.targets import accuracy, dataset_meta, load_images, train_classifier, train_reconstructor
+    from advreid.certify.targets import (
+        accuracy,
+        dataset_meta,
+        fingerprint,
+        load_images,
+        train_classifier,
+        train_reconstructor,
+    )  # fmt: skip
     from advreid.certify.training import TrainSchedule
     from advreid.device import select_device, set_threads
     from advreid.models.classifiers import build_classifier
@@ -81,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         history = train_classifier(
             model, train_x, train_y, epochs=params.epochs, batch_size=params.batch_size, lr=params.lr,
             momentum=params.momentum, weight_decay=params.weight_decay,
-            generator=torch.Generator(device).manual_seed(seed),
+            generator=torch.Generator(device).manual_seed(seed), checkpoint_dir=root / "models" / "classifier" /
+            "checkpoints", fingerprint=fingerprint({**asdict(params), "seed": seed}, train_x, train_y),
         )  # fmt: skip
         for record in history:
             run.log_metrics({"classifier.train_loss": record["loss"]}, step=int(record["epoch"]))

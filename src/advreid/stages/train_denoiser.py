@@ -6,7 +6,8 @@ For every sigma of ``train_denoiser.settings.sigmas`` the method's defense is tr
 
 Outputs: ``models/denoisers/<method>/sigma_<s>.pt`` and ``reconstruction.pt`` (checkpoints with the builder
 arguments in ``meta``), ``reports/certify/training/<method>.csv`` (per epoch: loss and noisy validation
-accuracy per sigma, Fig. 6.6) and ``reports/metrics/train_denoiser/<method>.json``.
+accuracy per sigma, Fig. 6.6) and ``reports/metrics/train_denoiser/<method>.json``. Every epoch of every training
+is checkpointed in ``models/denoiser_checkpoints/<method>/`` (a DVC ``persist`` out): a killed run resumes there.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 method, settings, params.sigmas, (classifier, images, validation),
                 (reconstructor, degrade(recon_images), params.reconstruction_sigma, params.reconstruction_epochs),
                 seed, tmp, on_done=lambda key, seconds: run.log_metrics({f"{key}.seconds": seconds}),
+                checkpoint_dir=root / "models" / "denoiser_checkpoints" / method.name,
             )  # fmt: skip
         curves = root / "reports" / "certify" / "training" / f"{method.name}.csv"
         write_text(curves, training_table(histories))
