@@ -70,7 +70,7 @@ def _zo_step_ratios(defense: nn.Module, classifier: nn.Module, note: str) -> lis
     images = torch.rand(STEP_BATCH, 1, 8, 8, device=next(defense.parameters()).device)
     trainer = DefenseTrainer(get_method("zo_ruds"), defense, classifier, sigma=0.25, q=Q,
                              generator=torch.Generator(images.device).manual_seed(0))  # fmt: skip
-    optimizer = torch.optim.Adam(defense.trainable_parameters(), lr=1e-4)
+    optimizer = torch.optim.Adam(defense.trainable_parameters(), lr=1e-4, foreach=True)  # as train_defense
     targets = black_box_scores(BlackBox(classifier), images)
     defense.train()
 

@@ -6,10 +6,12 @@ import csv
 import json
 import shutil
 
+import pandas as pd
 import pytest
 import torch
 import yaml
 
+from advreid.certify.certification import evenly_spaced
 from advreid.data.formats.classification import sklearn_digits_file
 from advreid.data.registry import read_dataset
 from advreid.stages import certify, certify_report, train_classifier, train_denoiser
@@ -129,6 +131,32 @@ def test_report_holds_the_tables_and_says_n_is_smaller(project) -> None:
     assert tables["settings"]["demo"] is True
     text = (root / "reports" / "certify" / "tables.md").read_text()
     assert "n = 40 noise samples per point instead of the thesis's n = 10000" in text
+    assert "Clopper-Pearson" in text and "McNemar" in text and "1 - cos" in text
+
+
+def test_per_point_results_agree_with_the_tables_and_feed_the_paired_tests(project) -> None:
+    root, _ = project
+    tables = json.loads((root / "reports" / "metrics" / "certify_report.json").read_text())
+    stats = tables["statistics"]
+    tests = len(pd.read_parquet(root / "data" / "processed" / "digits" / "test.parquet"))
+    for method in ["baseline", *METHODS]:
+        result = json.loads((root / "reports" / "metrics" / "certify" / f"{method}.json").read_text())
+        for sigma in ("0.25", "0.5"):
+            with open(root / "reports" / "certify" / "points" / f"{method}_sigma_{sigma}.csv", newline="") as f:
+                rows = list(csv.DictReader(f))
+            assert [int(r["index"]) for r in rows] == evenly_spaced(tests, 6).tolist()
+            correct = [int(r["correct"]) for r in rows]
+            certified = [c and float(r["radius"]) >= 0.25 for c, r in zip(correct, rows, strict=True)]
+            # a second computation of the certified accuracies, from the per-point file
+            assert sum(correct) / 6 == pytest.approx(result["sigma"][sigma]["sca"])
+            assert sum(certified) / 6 == pytest.approx(result["sigma"][sigma]["rca_0.25"])
+            interval = stats["certified_accuracy"][method][sigma]["sca"]
+            assert interval["estimate"] == pytest.approx(sum(correct) / 6)
+            assert interval["low"] <= interval["estimate"] <= interval["high"]
+    assert stats["claims"] == []  # neither claimed pair is among the tiny project's methods
+    versus = stats["versus_baseline"]["zo_ae_ruds"]["0.25"]["sca"]
+    assert 0.0 <= versus["mcnemar"]["pvalue"] <= 1.0 and versus["verdict"] in ("reproduced", "not reproduced",
+                                                                                  "inconclusive")  # fmt: skip
 
 
 def test_training_curves_and_black_box_labels(project) -> None:

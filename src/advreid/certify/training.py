@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -27,7 +28,9 @@ from tqdm import tqdm
 from advreid.certify.blackbox import BlackBox
 from advreid.certify.objectives import cross_entropy_from_probs, total_loss, total_loss_per_sample
 from advreid.certify.zeroth_order import cge_gradient, rge_gradient, zo_backward
+from advreid.device import rng_state, set_rng_state
 from advreid.models.denoisers import ConvDecoder, ConvEncoder, build_denoiser
+from advreid.reid.engine import load_checkpoint, save_checkpoint
 
 QueryFn = Callable[[Tensor], Tensor]
 ORDERS = ("first", "zeroth")
@@ -385,8 +388,15 @@ def train_defense(
     on_epoch: Callable[[int, dict[str, float]], dict[str, float] | None] | None = None,
     progress: bool = True,
     desc: str = "train",
+    checkpoint: Path | None = None,
+    fingerprint: str = "",
+    resume: bool = False,
 ) -> list[dict[str, float]]:
     """Train ``trainer.defense`` with Adam and a step schedule; return one record per epoch.
+
+    With ``checkpoint`` every epoch is saved there (weights, optimizer, schedule, the generators' and global random
+    states, history, ``fingerprint`` in ``meta``); ``resume`` continues from it, so that a killed training ends with
+    the same weights as an uninterrupted one (the caller decides with :func:`advreid.reid.engine.resumable_epochs`).
 
     Args:
         trainer: the method's step.
@@ -405,12 +415,26 @@ def train_defense(
     if images.shape[0] != clean_scores.shape[0]:
         raise ValueError(f"images ({images.shape[0]}) and clean_scores ({clean_scores.shape[0]}) differ in length")
     defense = trainer.defense
-    optimizer = torch.optim.Adam(defense.trainable_parameters(), lr=schedule.lr, weight_decay=schedule.weight_decay)
+    # foreach: one multi-tensor update instead of a Python loop over the denoiser's many small parameters
+    optimizer = torch.optim.Adam(
+        defense.trainable_parameters(), lr=schedule.lr, weight_decay=schedule.weight_decay, foreach=True
+    )
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, schedule.lr_step, schedule.lr_gamma)
     steps_per_epoch = math.ceil(images.shape[0] / schedule.batch_size)
     history: list[dict[str, float]] = []
-    bar = tqdm(total=schedule.epochs * steps_per_epoch, desc=desc, unit="step", disable=not progress, leave=False)
-    for epoch in range(1, schedule.epochs + 1):
+    if resume:
+        if checkpoint is None:
+            raise ValueError("resume needs the checkpoint to resume from")
+        saved = load_checkpoint(checkpoint, defense, optimizer, scheduler)
+        history = list(saved["history"])
+        set_rng_state(saved["rng"])
+        for generator_, key in ((generator, "shuffle"), (trainer.generator, "trainer")):
+            if generator_ is not None:
+                generator_.set_state(saved["rng"][key])
+    done = len(history)
+    bar = tqdm(total=schedule.epochs * steps_per_epoch, initial=done * steps_per_epoch, desc=desc, unit="step",
+               disable=not progress, leave=False)  # fmt: skip
+    for epoch in range(done + 1, schedule.epochs + 1):
         defense.train()
         if trainer.black_box is not None:
             trainer.black_box.reset_counts()
@@ -432,6 +456,13 @@ def train_defense(
         if on_epoch is not None:
             record.update(on_epoch(epoch, record) or {})
         history.append(record)
+        if checkpoint is not None:
+            state = rng_state()
+            for generator_, key in ((generator, "shuffle"), (trainer.generator, "trainer")):
+                if generator_ is not None:
+                    state[key] = generator_.get_state()
+            save_checkpoint(checkpoint, defense, optimizer, scheduler, epoch=epoch, history=history, rng=state,
+                            meta={"fingerprint": fingerprint})  # fmt: skip
     bar.close()
     return history
 

@@ -51,22 +51,20 @@ def rge_gradient(
     z = _check_batch(z)
     batch, dim = z.shape[0], z[0].numel()
     flat = z.reshape(batch, dim)
+    if base_loss is not None and base_loss.shape != (batch,):
+        raise ValueError(f"base_loss must have shape ({batch},), got {tuple(base_loss.shape)}")
     directions = torch.randn((q, batch, dim), generator=generator, device=z.device, dtype=z.dtype)
-    directions = directions / directions.norm(dim=2, keepdim=True)  # (q, B, d) on the unit sphere
+    directions.div_(directions.norm(dim=2, keepdim=True))  # (q, B, d) on the unit sphere, in place
+    # the query points are written once into the batch the black box receives: no temporaries of size (q, B, d)
+    skip = 0 if base_loss is None else 1
+    queries = torch.empty((q + 1 - skip, batch, dim), device=z.device, dtype=z.dtype)
     if base_loss is None:
-        queries = torch.empty((q + 1, batch, dim), device=z.device, dtype=z.dtype)
         queries[0] = flat
-        torch.add(flat[None], directions, alpha=mu, out=queries[1:])  # written in place: no extra copy
-        losses = _call(loss_fn, queries.reshape(-1, *z.shape[1:])).reshape(q + 1, batch)  # ((q+1) B, ...)
-        base, moved = losses[0], losses[1:]
-    else:
-        if base_loss.shape != (batch,):
-            raise ValueError(f"base_loss must have shape ({batch},), got {tuple(base_loss.shape)}")
-        base = base_loss.detach().to(z.dtype)
-        perturbed = flat[None] + mu * directions  # (q, B, d)
-        moved = _call(loss_fn, perturbed.reshape(-1, *z.shape[1:])).reshape(q, batch)
+    torch.add(flat[None], directions, alpha=mu, out=queries[1 - skip :])
+    losses = _call(loss_fn, queries.reshape(-1, *z.shape[1:])).reshape(q + 1 - skip, batch)  # ((q+1) B, ...)
+    base, moved = (losses[0], losses[1:]) if base_loss is None else (base_loss.detach().to(z.dtype), losses)
     differences = moved - base[None]  # (q, B)
-    grad = (dim / (mu * q)) * (differences[..., None] * directions).sum(dim=0)  # (B, d)
+    grad = torch.einsum("kb,kbd->bd", differences, directions).mul_(dim / (mu * q))  # sum_k diff_k u_k, (B, d)
     return grad.reshape(z.shape)
 
 

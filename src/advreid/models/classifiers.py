@@ -11,9 +11,12 @@ space (Cohen et al. 2019).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from advreid.io import load_torch
 
 SMALL_INPUT = 64  # inputs up to this side get the CIFAR stem: an ImageNet stem would shrink 32x32 to 8x8 at once
 
@@ -198,3 +201,18 @@ def build_classifier(
         raise ValueError(f"num_classes must be >= 2, got {num_classes}")
     body = CLASSIFIERS[name](num_classes, in_channels=len(mean), image_size=image_size, **kwargs)
     return Classifier(body, mean, std)
+
+
+def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> Classifier:
+    """A classifier saved with its builder arguments in ``meta`` (the train_classifier stage), in eval mode."""
+    from advreid.reid.engine import load_checkpoint
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run the train_classifier stage first")
+    meta = load_torch(path, "train_classifier checkpoint")["meta"]
+    model = build_classifier(
+        meta["arch"], meta["num_classes"], meta["mean"], meta["std"], min(meta["image_size"]), **meta["options"]
+    )
+    load_checkpoint(path, model)
+    return model.to(device).eval()

@@ -6,23 +6,17 @@ points whose prediction is right (dataset label) and whose radius is at least r 
 The reconstruction defense is evaluated under 40-step L2 PGD (Table 6.3). ``baseline`` certifies the
 classifier alone (no denoiser) and evaluates the undefended reconstruction network ("Vanilla").
 
-Outputs: ``reports/metrics/certify/<method>.json`` and ``reports/certify/curves/<method>.csv`` (certified
-accuracy per radius, one column per sigma).
+Outputs: ``reports/metrics/certify/<method>.json``, ``reports/certify/curves/<method>.csv`` (certified
+accuracy per radius, one column per sigma) and ``reports/certify/points/<method>_sigma_<s>.csv`` (per test point:
+index, label, prediction, radius, correct) for the paired tests of ``certify_report``.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
-import torch
-from scipy.stats import norm
-from torch import Tensor, nn
-from tqdm import tqdm
 
 from advreid.io import write_json, write_text
 from advreid.params import ParamsError, build, load_params, require, require_counts
@@ -90,12 +84,16 @@ def main(argv: list[str] | None = None) -> int:
     recon_dataset = load_params("train_classifier.reconstruction.dataset", root / "params.yaml")
     seed = load_params("seed", root / "params.yaml")
 
+    from torch import nn
+
+    from advreid.certify.certification import CertifySettings, certify_method, curve_table, evenly_spaced, points_table
+    from advreid.certify.defenses import load_defense
     from advreid.certify.reconstruction import evaluate_reconstruction
+    from advreid.certify.targets import load_images, load_reconstructor
     from advreid.certify.training import get_method
     from advreid.data.torch_data import dataset_info
     from advreid.device import select_device, set_threads
-    from advreid.stages.train_classifier import load_classifier, load_images, load_reconstructor
-    from advreid.stages.train_denoiser import load_defense
+    from advreid.models.classifiers import load_classifier
     from advreid.tracking.mlflow_run import stage_run
 
     method = None if args.method == BASELINE else get_method(args.method)
@@ -110,18 +108,19 @@ def main(argv: list[str] | None = None) -> int:
     defenses = root / "models" / "denoisers" / name
     num_classes = int(dataset_info(processed)["num_classes"])
     stage = f"certify_{BASELINE}" if method is None else f"certify@{name}"
+    settings = CertifySettings(**{f.name: getattr(params, f.name) for f in fields(CertifySettings)})
     with stage_run(stage, {**asdict(params), "method": name}) as run:
         points = evenly_spaced(test_x.shape[0], params.num_points)
         grid = np.round(np.arange(0.0, max(params.radii) + params.curve_step / 2, params.curve_step), 10)
-        results, curves = {}, {}
-        for sigma in params.sigmas:
+
+        def base_for(sigma: float) -> nn.Module:
             defense = None if method is None else load_defense(defenses / f"sigma_{sigma:g}.pt", device)[0]
-            base = nn.Sequential(defense, classifier) if defense is not None else classifier
-            started = time.perf_counter()
-            results[f"{sigma:g}"], curves[f"{sigma:g}"] = certify_sigma(
-                base, test_x[points], test_y[points], num_classes, sigma, params, grid, seed, f"{name} sigma={sigma:g}"
-            )
-            run.log_metrics({f"sigma_{sigma:g}.seconds": time.perf_counter() - started})
+            return classifier if defense is None else nn.Sequential(defense, classifier)
+
+        results, curves, per_point = certify_method(
+            base_for, test_x, test_y, points, num_classes, params.sigmas, settings, grid, seed, name,
+            on_done=lambda sigma, seconds: run.log_metrics({f"sigma_{sigma:g}.seconds": seconds}),
+        )  # fmt: skip
         recon_defense, recon_meta = (
             (None, {"sigma": 0.0}) if method is None else load_defense(defenses / "reconstruction.pt", device)
         )
@@ -142,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         write_json(root / "reports" / "metrics" / "certify" / f"{name}.json", metrics)
         curve_path = root / "reports" / "certify" / "curves" / f"{name}.csv"
         write_text(curve_path, curve_table(grid, curves))
+        for sigma, result in per_point.items():
+            write_text(root / "reports" / "certify" / "points" / f"{name}_sigma_{sigma}.csv", points_table(result))
         run.log_metrics({f"sigma_{s}.{k}": v for s, d in results.items() for k, v in d.items()})
         run.log_metrics({f"reconstruction.eps_{e}.{k}": v for e, d in reconstruction.items() for k, v in d.items()})
         run.log_artifact(curve_path, "certify")
@@ -151,86 +152,3 @@ def main(argv: list[str] | None = None) -> int:
         f" (n = {params.n}{'' if params.n >= THESIS_N else f', thesis n = {THESIS_N}'})"
     )
     return 0
-
-
-def certify_sigma(
-    base: nn.Module,
-    images: Tensor,
-    labels: Tensor,
-    num_classes: int,
-    sigma: float,
-    params: CertifyParams,
-    grid: np.ndarray,
-    seed: int,
-    desc: str,
-) -> tuple[dict[str, float], list[float]]:
-    """One noise level: the table row (SCA, RCA at ``params.radii``, abstentions, radius statistics) and the
-    certified-accuracy curve over ``grid``."""
-    predictions, radii, queries = certify_points(base, images, num_classes, sigma, params, seed, desc)
-    accuracy = certified_accuracy_table(predictions, radii, labels, params.radii)
-    row = {("sca" if r == 0 else f"rca_{r:g}"): v for r, v in zip(params.radii, accuracy, strict=True)}
-    row.update(
-        abstain=float((predictions == -1).double().mean()),
-        mean_radius=float(radii.mean()),
-        max_certifiable_radius=max_certifiable_radius(sigma, params.n, params.alpha),
-        queries_per_point=queries,
-    )
-    return row, certified_accuracy_table(predictions, radii, labels, grid)
-
-
-def certify_points(
-    base: nn.Module,
-    images: Tensor,
-    num_classes: int,
-    sigma: float,
-    params: CertifyParams,
-    seed: int,
-    desc: str = "certify",
-) -> tuple[Tensor, Tensor, float]:
-    """CERTIFY every image through a query-only view of ``base``.
-
-    Returns:
-        ``(predictions (N,), radii (N,), black-box queries per point)``; abstentions are -1 with radius 0.
-    """
-    from advreid.certify.blackbox import BlackBox
-    from advreid.certify.smoothing import Smooth
-
-    black_box = BlackBox(base, max_batch=params.batch_size)
-    smooth = Smooth(black_box, num_classes, sigma)
-    generator = torch.Generator(images.device).manual_seed(seed)
-    predictions, radii = [], []
-    for image in tqdm(images, desc=desc, unit="point", leave=False):
-        prediction, radius = smooth.certify(image, params.n0, params.n, params.alpha, params.batch_size, generator)
-        predictions.append(prediction)
-        radii.append(radius)
-    return torch.tensor(predictions), torch.tensor(radii, dtype=torch.float64), black_box.query_count / len(images)
-
-
-def certified_accuracy_table(predictions: Tensor, radii: Tensor, labels: Tensor, grid) -> list[float]:
-    """Certified accuracy at each radius of ``grid`` (a list, for JSON and CSV)."""
-    from advreid.certify.smoothing import certified_accuracy
-
-    grid = torch.as_tensor(np.asarray(grid, dtype=np.float64))
-    return [float(v) for v in certified_accuracy(predictions, radii, labels.cpu(), grid)]
-
-
-def max_certifiable_radius(sigma: float, n: int, alpha: float) -> float:
-    """The largest radius CERTIFY can return with n samples: all n agree, pA_lower = alpha^(1/n)."""
-    return float(sigma * norm.ppf(alpha ** (1.0 / n)))
-
-
-def evenly_spaced(total: int, count: int) -> np.ndarray:
-    """``count`` indices spread evenly over ``range(total)`` (all of them when count >= total)."""
-    if count < 1:
-        raise ParamsError(f"certify: the number of test points must be >= 1, got {count}")
-    return np.unique(np.linspace(0, total - 1, min(count, total)).round().astype(int))
-
-
-def curve_table(grid, curves: dict[str, list[float]]) -> str:
-    """CSV ``radius,sigma_<s>,...`` of certified accuracy curves."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["radius", *(f"sigma_{s}" for s in curves)])
-    for i, radius in enumerate(grid):
-        writer.writerow([f"{radius:g}", *(repr(curve[i]) for curve in curves.values())])
-    return out.getvalue()

@@ -1,7 +1,9 @@
 """Stage ``certify_report``: Tables 6.1-6.7 of chapter 6 as one metrics JSON, Fig. 6.4 and Fig. 6.6.
 
 Reads what ``certify@<method>``, ``certify_baseline`` and ``train_denoiser@<method>`` wrote for the methods of
-``train_denoiser.methods``. A table whose methods were not run says which to add instead of printing numbers.
+``train_denoiser.methods``, including the per-point results for the paired tests (McNemar, paired bootstrap) and
+the Clopper-Pearson intervals of ``statistics``. A table whose methods were not run says which to add instead
+of printing numbers.
 
 Outputs: ``reports/metrics/certify_report.json`` (the tables), ``reports/certify/tables.md`` (the same, for
 reading, with the certification settings and how they differ from the thesis), and the figures
@@ -12,20 +14,10 @@ and ``reports/certify/training_curves.png`` (noisy validation accuracy per epoch
 from __future__ import annotations
 
 import argparse
-import csv
-import json
-from pathlib import Path
-from typing import Any
 
 from advreid.io import write_json, write_text
 from advreid.params import load_params
 from advreid.settings import apply_environment
-
-BASELINE = "baseline"
-MAIN_SIGMA = 0.25  # Tables 6.1-6.5 and 6.8 are at sigma = 0.25
-TABLE_6_2_METHODS = ("zo_ds", "zo_ae_ds", "zo_ruds", "zo_ae_ruds")
-TABLE_6_4_METHODS = ("zo_ae_ruds_ce", "zo_ae_ruds_ce_cs", "zo_ae_ruds")
-TABLE_6_5_METHODS = ("zo_ae_ruds_finetune", "zo_ae_ruds")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     q = int(load_params("train_denoiser.settings.q", root / "params.yaml"))
     dataset = load_params("train_classifier.dataset", root / "params.yaml")
 
+    from advreid.certify.certification import read_points
+    from advreid.certify.plots import plot_certified_accuracy, plot_training_curves
+    from advreid.certify.report import BASELINE, build_tables, read_csv, read_json, render_markdown
     from advreid.tracking.mlflow_run import stage_run
 
     results = {
@@ -42,7 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     curves = {name: read_csv(root / "reports" / "certify" / "curves" / f"{name}.csv") for name in results}
     training = {name: read_csv(root / "reports" / "certify" / "training" / f"{name}.csv") for name in methods}
-    tables = build_tables(results, q, dataset)
+    folder = root / "reports" / "certify" / "points"
+    points = {
+        name: {s: read_points(folder / f"{name}_sigma_{s}.csv") for s in results[name]["sigma"]} for name in results
+    }
+    tables = build_tables(results, q, dataset, points)
     out = root / "reports" / "certify"
     with stage_run("certify_report", {"methods": methods, "q": q, "dataset": dataset}) as run:
         write_json(root / "reports" / "metrics" / "certify_report.json", tables)
@@ -57,158 +56,11 @@ def main(argv: list[str] | None = None) -> int:
         run.log_metrics(
             {f"table_6_1.{m}.{k}": v for m, row in main_rows.items() for k, v in row.items() if k != "type"}
         )
+        for claim in tables["statistics"]["claims"]:
+            for at, entry in claim["radii"].items():
+                run.log_metrics(
+                    {f"claim.{claim['better']}_vs_{claim['worse']}.{at}.pvalue": entry["mcnemar"]["pvalue"]}
+                )
     settings = tables["settings"]
     print(f"certify_report: {len(methods)} methods; n = {settings['n']} (thesis {settings['thesis_n']}) -> {out}")
     return 0
-
-
-def build_tables(results: dict[str, dict], q: int, dataset: str) -> dict[str, Any]:
-    """The chapter-6 tables from the per-method certification results (``baseline`` = no denoiser)."""
-    base = results[BASELINE]
-    sigmas = list(base["sigma"])
-    main = f"{MAIN_SIGMA:g}" if f"{MAIN_SIGMA:g}" in sigmas else sigmas[0]
-    methods = [m for m in results if m != BASELINE]
-    settings = dict(base["settings"])
-    settings.update(
-        dataset=dataset,
-        q=q,
-        main_sigma=float(main),
-        demo=settings["n"] < settings["thesis_n"],
-        max_certifiable_radius={s: base["sigma"][s]["max_certifiable_radius"] for s in sigmas},
-    )
-    tables: dict[str, Any] = {"settings": settings, "labels": {m: results[m]["label"] for m in results}}
-    tables["table_6_1"] = {"sigma": float(main), "rows": _rows(results, [BASELINE, *methods], main)}
-    tables["table_6_2"] = _subset(results, TABLE_6_2_METHODS, main, q=q)
-    tables["table_6_3"] = {
-        "rows": {("vanilla" if m == BASELINE else m): results[m]["reconstruction"] for m in [BASELINE, *methods]}
-    }
-    tables["table_6_4"] = _subset(results, TABLE_6_4_METHODS, main, require_all=True)
-    tables["table_6_5"] = _subset(results, TABLE_6_5_METHODS, main, require_all=True)
-    tables["table_6_6_7"] = {
-        "dataset": dataset,
-        "sigmas": {s: _rows(results, methods, s) for s in sigmas if s != main},
-    }
-    return tables
-
-
-def _rows(results: dict[str, dict], names: list[str], sigma: str) -> dict[str, dict[str, Any]]:
-    rows = {}
-    for name in names:
-        entry = results[name]["sigma"][sigma]
-        white_box = results[name]["white_box"]
-        row: dict[str, Any] = {"type": "-" if white_box is None else "W" if white_box else "B"}
-        rca = sorted((k for k in entry if k.startswith("rca_")), key=lambda k: float(k.removeprefix("rca_")))
-        row.update({k: entry[k] for k in ["sca", *rca] if k in entry})  # SCA, then RCA by radius (thesis order)
-        rows[name] = row
-    return rows
-
-
-def _subset(results: dict[str, dict], wanted: tuple[str, ...], sigma: str, require_all: bool = False, **extra):
-    present = [m for m in wanted if m in results]
-    missing = [m for m in wanted if m not in results]
-    if not present or (require_all and missing):
-        return {"status": f"not run: add {missing} to train_denoiser.methods", **extra}
-    return {**extra, "sigma": float(sigma), "rows": _rows(results, present, sigma)}
-
-
-def render_markdown(tables: dict[str, Any], results: dict[str, dict]) -> str:
-    """The tables as Markdown, headed by the certification settings."""
-    s = tables["settings"]
-    labels = tables["labels"]
-    lines = [
-        "# Chapter 6: certified black-box defense",
-        "",
-        f"Dataset `{s['dataset']}`, {s['points']} test points, CERTIFY with n0 = {s['n0']}, n = {s['n']}, "
-        f"alpha = {s['alpha']}, q = {s['q']}.",
-    ]
-    if s["demo"]:
-        radii = ", ".join(f"{r:.3f} at sigma {sig}" for sig, r in s["max_certifiable_radius"].items())
-        lines += [
-            "",
-            f"**Demo settings: n = {s['n']} noise samples per point instead of the thesis's n = {s['thesis_n']}.** "
-            f"With n samples no radius above sigma * Phi^-1(alpha^(1/n)) can be certified ({radii}), so the "
-            "certified accuracy at larger radii is 0 by construction; the numbers are not comparable with the thesis.",
-        ]
-    lines += ["", f"## Table 6.1 (sigma = {tables['table_6_1']['sigma']:g}; baseline = classifier without denoiser)"]
-    lines += _markdown_rows(tables["table_6_1"]["rows"], labels)
-    for key, title in (("table_6_2", "Table 6.2 (ZO methods, q = {q})"), ("table_6_4", "Table 6.4 (loss ablation)"),
-                       ("table_6_5", "Table 6.5 (training strategy)")):  # fmt: skip
-        table = tables[key]
-        lines += ["", "## " + title.format(q=s["q"])]
-        lines += [table["status"]] if "status" in table else _markdown_rows(table["rows"], labels)
-    for sigma, rows in tables["table_6_6_7"]["sigmas"].items():
-        lines += ["", f"## Tables 6.6/6.7 (sigma = {sigma})"] + _markdown_rows(rows, labels)
-    lines += ["", "## Table 6.3 (reconstruction under L2 PGD: RMSE / SSIM)"]
-    epsilons = list(next(iter(tables["table_6_3"]["rows"].values())))
-    lines += ["| method | " + " | ".join(f"eps {e}" for e in epsilons) + " |", "|---" * (len(epsilons) + 1) + "|"]
-    for name, row in tables["table_6_3"]["rows"].items():
-        cells = " | ".join(f"{row[e]['rmse']:.4f} / {row[e]['ssim']:.4f}" for e in epsilons)
-        lines.append(f"| {'Vanilla' if name == 'vanilla' else labels[name]} | {cells} |")
-    return "\n".join(lines) + "\n"
-
-
-def _markdown_rows(rows: dict[str, dict[str, Any]], labels: dict[str, str]) -> list[str]:
-    keys = [k for k in next(iter(rows.values())) if k != "type"]
-    out = ["| method | type | " + " | ".join(k.upper().replace("_", " ") for k in keys) + " |"]
-    out.append("|---" * (len(keys) + 2) + "|")
-    for name, row in rows.items():
-        out.append(f"| {labels[name]} | {row['type']} | " + " | ".join(f"{100 * row[k]:.2f}" for k in keys) + " |")
-    return out
-
-
-def plot_certified_accuracy(curves: dict[str, dict], results: dict[str, dict], path: Path) -> Path:
-    """Fig. 6.4: certified accuracy (%) vs L2 radius for every method, one panel per sigma."""
-    import matplotlib.pyplot as plt
-
-    from advreid.plots import save_figure
-
-    sigmas = [c for c in next(iter(curves.values())) if c.startswith("sigma_")]
-    fig, axes = plt.subplots(1, len(sigmas), figsize=(4.2 * len(sigmas), 3.6), squeeze=False)
-    for ax, column in zip(axes[0], sigmas, strict=True):
-        for name, curve in curves.items():
-            style = {"linestyle": "--", "color": "black"} if name == BASELINE else {}
-            ax.plot(curve["radius"], [100 * v for v in curve[column]], label=results[name]["label"], **style)
-        ax.set_title(column.replace("sigma_", "sigma = "))
-        ax.set_xlabel("L2 radius")
-        ax.set_ylim(0, 100)
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("certified accuracy (%)")
-    axes[0][-1].legend(fontsize=7, loc="upper right")
-    return save_figure(fig, path)
-
-
-def plot_training_curves(training: dict[str, dict], results: dict[str, dict], path: Path) -> Path:
-    """Fig. 6.6: noisy validation accuracy (%) of each defense per training epoch, one panel per sigma."""
-    import matplotlib.pyplot as plt
-
-    from advreid.plots import save_figure
-
-    columns = [c for c in next(iter(training.values())) if c.endswith("_noisy_accuracy")]
-    fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.6), squeeze=False)
-    for ax, column in zip(axes[0], columns, strict=True):
-        for name, table in training.items():
-            values = [100 * v for v in table[column]]
-            ax.plot(table["epoch"][: len(values)], values, marker="o", label=results[name]["label"])
-        ax.set_title(column.removesuffix("_noisy_accuracy").replace("sigma_", "sigma = "))
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("accuracy under noise (%)")
-    axes[0][-1].legend(fontsize=7)
-    return save_figure(fig, path)
-
-
-def read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run its certify stage first")
-    return json.loads(path.read_text())
-
-
-def read_csv(path: Path) -> dict[str, list[float]]:
-    """A numeric CSV as ``{column: values}`` (empty cells are skipped)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run the stage that writes it first")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        raise ValueError(f"{path}: no rows")
-    return {key: [float(row[key]) for row in rows if row[key] != ""] for key in rows[0]}

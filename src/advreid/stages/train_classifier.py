@@ -6,7 +6,8 @@ images from their compressed-sensing back-projections.
 
 Outputs: ``models/classifier/<dataset>.pt``, ``models/reconstructor/<reconstruction.dataset>.pt`` (the one
 checkpoint format of :func:`advreid.reid.engine.save_checkpoint`, with the builder arguments in ``meta``) and
-``reports/metrics/train_classifier.json``.
+``reports/metrics/train_classifier.json``. The classifier's epochs are checkpointed in
+``models/classifier/checkpoints/last.pt`` (a DVC ``persist`` out): a killed run resumes there.
 """
 
 from __future__ import annotations
@@ -14,15 +15,8 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
-from tqdm import tqdm
-
-from advreid.io import load_torch, write_json
+from advreid.io import write_json
 from advreid.params import build, load_params, require, require_counts
 from advreid.settings import apply_environment
 
@@ -74,14 +68,26 @@ def main(argv: list[str] | None = None) -> int:
     recon = build(ReconstructorParams, params.reconstruction, where).check(where)
     seed = load_params("seed", root / "params.yaml")
 
+    import torch
+    from torch import nn
+
     from advreid.certify.reconstruction import reconstruction_errors
-    from advreid.device import select_device, set_threads
+    from advreid.certify.targets import (
+        accuracy,
+        dataset_meta,
+        fingerprint,
+        load_images,
+        train_classifier,
+        train_reconstructor,
+    )  # fmt: skip
+    from advreid.certify.training import TrainSchedule
+    from advreid.device import make_deterministic, select_device
     from advreid.models.classifiers import build_classifier
     from advreid.reid.engine import save_checkpoint
     from advreid.tracking.mlflow_run import stage_run
 
     device = select_device(params.device)
-    set_threads(params.threads, "train_classifier.threads")
+    make_deterministic(params.threads, "train_classifier.threads")
     processed = root / "data" / "processed" / params.dataset
     train_x, train_y = load_images(processed, "train", root, device)
     test_x, test_y = load_images(processed, "test", root, device)
@@ -95,7 +101,12 @@ def main(argv: list[str] | None = None) -> int:
             params.arch, info["num_classes"], info["mean"], info["std"], min(info["image_size"]), **params.arch_options
         ).to(device)
         started = time.perf_counter()
-        history = train_classifier(model, train_x, train_y, params, torch.Generator(device).manual_seed(seed))
+        history = train_classifier(
+            model, train_x, train_y, epochs=params.epochs, batch_size=params.batch_size, lr=params.lr,
+            momentum=params.momentum, weight_decay=params.weight_decay,
+            generator=torch.Generator(device).manual_seed(seed), checkpoint_dir=root / "models" / "classifier" /
+            "checkpoints", fingerprint=fingerprint({**asdict(params), "seed": seed}, train_x, train_y),
+        )  # fmt: skip
         for record in history:
             run.log_metrics({"classifier.train_loss": record["loss"]}, step=int(record["epoch"]))
         run.log_metrics({"classifier.seconds": time.perf_counter() - started})
@@ -110,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         save_checkpoint(classifier_path, model, epoch=params.epochs, history=history, meta=meta)
 
         recon_train, recon_test = (load_images(recon_dir, s, root, device)[0] for s in ("train", "test"))
-        degrade, net, losses = train_reconstructor(recon_train, recon, seed)
+        schedule = TrainSchedule(recon.epochs, recon.batch_size, recon.lr, lr_step=max(recon.epochs, 1))
+        degrade, net, losses = train_reconstructor(recon_train, recon.measurements, recon.hidden, schedule, seed)
         with torch.no_grad():
             rmse, ssim = reconstruction_errors(net(degrade(recon_test)), recon_test)
             degraded_rmse, _ = reconstruction_errors(degrade(recon_test), recon_test)
@@ -133,126 +145,3 @@ def main(argv: list[str] | None = None) -> int:
         f"{metrics['classifier']['test_accuracy']:.4f}; reconstructor test RMSE {rmse:.4f} -> {classifier_path.parent}"
     )
     return 0
-
-
-def train_classifier(
-    model: nn.Module, images: Tensor, labels: Tensor, params: ClassifierParams, generator: torch.Generator
-) -> list[dict[str, float]]:
-    """SGD with momentum and a cosine schedule on cross-entropy; return the mean loss per epoch."""
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, params.epochs)
-    history = []
-    steps = -(-images.shape[0] // params.batch_size)
-    bar = tqdm(total=params.epochs * steps, desc="classifier", unit="step", leave=False)
-    for epoch in range(1, params.epochs + 1):
-        model.train()
-        total = 0.0
-        order = torch.randperm(images.shape[0], generator=generator, device=images.device)
-        for start in range(0, images.shape[0], params.batch_size):
-            index = order[start : start + params.batch_size]
-            loss = F.cross_entropy(model(images[index]), labels[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * index.numel()
-            bar.update(1)
-        scheduler.step()
-        history.append({"epoch": float(epoch), "loss": total / images.shape[0]})
-        bar.set_postfix(loss=f"{history[-1]['loss']:.4f}")
-    bar.close()
-    model.eval()
-    return history
-
-
-def train_reconstructor(images: Tensor, params: ReconstructorParams, seed: int) -> tuple[nn.Module, nn.Module, list]:
-    """The Table 6.3 target: a compressed-sensing degradation rescaled to the training images' range, and a
-    reconstruction network trained on it; returns ``(degradation, network in eval mode, loss per epoch)``."""
-    from advreid.certify.reconstruction import CompressedSensing, ReconstructionNet
-    from advreid.certify.training import TrainSchedule, fit_reconstruction
-
-    shape = tuple(images.shape[1:])
-    projections = CompressedSensing(shape, params.measurements, seed=seed).to(images.device).back_projection(images)
-    low, high = float(projections.min()), float(projections.max())
-    degrade = CompressedSensing(shape, params.measurements, seed, low, high).to(images.device)
-    torch.manual_seed(seed)
-    net = ReconstructionNet(shape, params.hidden).to(images.device)
-    schedule = TrainSchedule(params.epochs, params.batch_size, params.lr, lr_step=max(params.epochs, 1))
-    generator = torch.Generator(images.device).manual_seed(seed)
-    losses = fit_reconstruction(
-        net, list(net.parameters()), degrade, images, schedule, generator=generator, desc="reconstructor"
-    )
-    return degrade, net.eval(), losses
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 1024) -> float:
-    """Top-1 accuracy of ``model`` (in eval mode) on ``images``."""
-    model.eval()
-    correct = sum(
-        int((model(images[i : i + batch_size]).argmax(dim=1) == labels[i : i + batch_size]).sum())
-        for i in range(0, images.shape[0], batch_size)
-    )
-    return correct / images.shape[0]
-
-
-def load_images(processed: Path, split: str, root: Path, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
-    """All images of a classification split as ``(N, C, H, W)`` floats in [0, 1] and ``(N,)`` labels."""
-    from advreid.data.torch_data import ManifestImages, load_split
-
-    frame, raw_root = load_split(processed, split, root)
-    dataset = ManifestImages(frame, raw_root, array_dir=processed)
-    if len(dataset) == 0:
-        raise ValueError(f"{processed}: split '{split}' has no images")
-    images = torch.stack([dataset.image(i) for i in range(len(dataset))])
-    labels = torch.as_tensor(np.array(dataset.labels), dtype=torch.long)  # a writable copy: arrow memory is read-only
-    return images.to(device), labels.to(device)
-
-
-def dataset_meta(images: Tensor, num_classes: int) -> dict:
-    """Channels statistics and sizes that a classifier checkpoint needs to be rebuilt."""
-    per_channel = images.transpose(0, 1).flatten(1)  # (C, N H W)
-    return {
-        "num_classes": num_classes,
-        "mean": [float(v) for v in per_channel.mean(dim=1)],
-        "std": [float(v) for v in per_channel.std(dim=1).clamp(min=1e-3)],
-        "image_size": [int(images.shape[2]), int(images.shape[3])],
-        "channels": int(images.shape[1]),
-    }
-
-
-def load_classifier(path: Path, device: torch.device | str = "cpu") -> nn.Module:
-    """The classifier saved by this stage, in eval mode."""
-    from advreid.models.classifiers import build_classifier
-    from advreid.reid.engine import load_checkpoint
-
-    meta = _meta(path)
-    model = build_classifier(
-        meta["arch"], meta["num_classes"], meta["mean"], meta["std"], min(meta["image_size"]), **meta["options"]
-    )
-    load_checkpoint(path, model)
-    return model.to(device).eval()
-
-
-def load_reconstructor(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, nn.Module]:
-    """``(degradation, reconstruction network)`` saved by this stage, in eval mode."""
-    from advreid.certify.reconstruction import CompressedSensing, ReconstructionNet
-    from advreid.reid.engine import load_checkpoint
-
-    meta = _meta(path)
-    modules = nn.ModuleDict(
-        {
-            "degrade": CompressedSensing(meta["shape"], meta["measurements"], meta["seed"]),
-            "net": ReconstructionNet(meta["shape"], meta["hidden"]),
-        }
-    )
-    load_checkpoint(path, modules)
-    modules.to(device).eval()
-    return modules["degrade"], modules["net"]
-
-
-def _meta(path: Path) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run the train_classifier stage first")
-    return load_torch(path, "train_classifier checkpoint")["meta"]

@@ -6,29 +6,18 @@ For every sigma of ``train_denoiser.settings.sigmas`` the method's defense is tr
 
 Outputs: ``models/denoisers/<method>/sigma_<s>.pt`` and ``reconstruction.pt`` (checkpoints with the builder
 arguments in ``meta``), ``reports/certify/training/<method>.csv`` (per epoch: loss and noisy validation
-accuracy per sigma, Fig. 6.6) and ``reports/metrics/train_denoiser/<method>.json``.
+accuracy per sigma, Fig. 6.6) and ``reports/metrics/train_denoiser/<method>.json``. Every epoch of every training
+is checkpointed in ``models/denoiser_checkpoints/<method>/`` (a DVC ``persist`` out): a killed run resumes there.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
+from dataclasses import asdict, dataclass, field, fields
 
-import torch
-from torch import Tensor, nn
-
-from advreid.io import atomic_path, load_torch, write_json, write_text
+from advreid.io import atomic_path, write_json, write_text
 from advreid.params import ParamsError, build, load_params, require, require_counts
 from advreid.settings import apply_environment
-
-if TYPE_CHECKING:
-    from advreid.certify.training import DefenseMethod, Task
 
 
 @dataclass(frozen=True)
@@ -80,41 +69,31 @@ def main(argv: list[str] | None = None) -> int:
     recon_dataset = load_params("train_classifier.reconstruction.dataset", root / "params.yaml")
     seed = load_params("seed", root / "params.yaml")
 
-    from advreid.certify.blackbox import BlackBox
-    from advreid.certify.reconstruction import RECONSTRUCTION
-    from advreid.certify.training import CLASSIFICATION, black_box_scores, get_method
-    from advreid.device import select_device, set_threads
-    from advreid.stages.train_classifier import load_classifier, load_images, load_reconstructor
+    from advreid.certify.defenses import DefenseSettings, train_method, training_table
+    from advreid.certify.targets import load_images, load_reconstructor
+    from advreid.certify.training import get_method
+    from advreid.device import make_deterministic, select_device
+    from advreid.models.classifiers import load_classifier
     from advreid.tracking.mlflow_run import stage_run
 
     method = get_method(args.method)
     device = select_device(params.device)
-    set_threads(params.threads, "train_denoiser.settings.threads")
+    make_deterministic(params.threads, "train_denoiser.settings.threads")
     processed = root / "data" / "processed" / dataset
     images, _ = load_images(processed, "train", root, device)
-    val_x, val_y = (t[: params.validation_points] for t in load_images(processed, "test", root, device))
+    validation = tuple(t[: params.validation_points] for t in load_images(processed, "test", root, device))
     classifier = load_classifier(root / "models" / "classifier" / f"{dataset}.pt", device)
     degrade, reconstructor = load_reconstructor(root / "models" / "reconstructor" / f"{recon_dataset}.pt", device)
     recon_images, _ = load_images(root / "data" / "processed" / recon_dataset, "train", root, device)
+    settings = DefenseSettings(**{f.name: getattr(params, f.name) for f in fields(DefenseSettings)})
     out_dir = root / "models" / "denoisers" / method.name
-    histories: dict[str, list[dict[str, float]]] = {}
     with stage_run(f"train_denoiser@{method.name}", {**asdict(params), "method": method.name, "seed": seed}) as run:
         with atomic_path(out_dir, is_dir=True) as tmp:
-            targets = black_box_scores(BlackBox(classifier), images)  # the black box's labels, not the dataset's
-            validation = (BlackBox(classifier), val_x, val_y)
-            for index, sigma in enumerate(params.sigmas):
-                started = time.perf_counter()
-                histories[f"sigma_{sigma:g}"] = train_one(
-                    method, params, classifier, CLASSIFICATION, images, targets, sigma, seed + index,
-                    tmp / f"sigma_{sigma:g}.pt", validation=validation,
-                )  # fmt: skip
-                run.log_metrics({f"sigma_{sigma:g}.seconds": time.perf_counter() - started})
-            inputs = degrade(recon_images)
-            recon_targets = black_box_scores(RECONSTRUCTION.black_box(reconstructor), inputs)
-            recon = params.reconstruction_sigma
-            histories["reconstruction"] = train_one(
-                method, params, reconstructor, RECONSTRUCTION, inputs, recon_targets, recon, seed + len(params.sigmas),
-                tmp / "reconstruction.pt", epochs=params.reconstruction_epochs,
+            histories = train_method(
+                method, settings, params.sigmas, (classifier, images, validation),
+                (reconstructor, degrade(recon_images), params.reconstruction_sigma, params.reconstruction_epochs),
+                seed, tmp, on_done=lambda key, seconds: run.log_metrics({f"{key}.seconds": seconds}),
+                checkpoint_dir=root / "models" / "denoiser_checkpoints" / method.name,
             )  # fmt: skip
         curves = root / "reports" / "certify" / "training" / f"{method.name}.csv"
         write_text(curves, training_table(histories))
@@ -135,104 +114,3 @@ def main(argv: list[str] | None = None) -> int:
         f"accuracy {final['noisy_accuracy']:.4f} -> {out_dir}"
     )
     return 0
-
-
-def train_one(
-    method: DefenseMethod,
-    params: DenoiserParams,
-    target: nn.Module,
-    task: Task,
-    inputs: Tensor,
-    targets: Tensor,
-    sigma: float,
-    seed: int,
-    path: Path,
-    *,
-    epochs: int | None = None,
-    validation: tuple[Callable[[Tensor], Tensor], Tensor, Tensor] | None = None,
-) -> list[dict[str, float]]:
-    """Build, pre-train and train one defense of ``method`` against ``target``; save it to ``path``.
-
-    ``validation`` = (query-only target, images, labels) adds the per-epoch ``noisy_accuracy`` (Fig. 6.6).
-    """
-    from advreid.certify.training import (
-        DefenseTrainer,
-        TrainSchedule,
-        build_defense,
-        noisy_accuracy,
-        prepare_defense,
-        train_defense,
-    )
-    from advreid.reid.engine import save_checkpoint
-
-    torch.manual_seed(seed)  # the initial weights
-    generator = torch.Generator(inputs.device).manual_seed(seed)
-    denoiser_kwargs = dict(params.dncnn if method.denoiser == "dncnn" else params.rdunet)
-    image_size = (int(inputs.shape[2]), int(inputs.shape[3]))
-    defense = build_defense(method, int(inputs.shape[1]), image_size, params.q, denoiser_kwargs, params.ae_width)
-    defense.to(inputs.device)
-    trainer = DefenseTrainer(
-        method, defense, target, task, sigma=sigma, q=params.q, mu=params.mu,
-        lambda_cs=params.lambda_cs, lambda_mmd=params.lambda_mmd, generator=generator,
-    )  # fmt: skip
-    label = f"{method.name} {task.name} sigma={sigma:g}"
-    pretrain = TrainSchedule(params.pretrain_epochs, params.batch_size, params.pretrain_lr, lr_step=10**9)
-    if params.pretrain_epochs > 0:
-        prepare_defense(trainer, inputs, pretrain, generator=generator)
-    schedule = TrainSchedule(
-        epochs or params.epochs, params.batch_size, params.lr, params.lr_step, weight_decay=params.weight_decay
-    )
-    on_epoch = None
-    if validation is not None:
-        query, val_x, val_y = validation
-
-        def on_epoch(epoch: int, record: dict[str, float]) -> dict[str, float]:
-            noise = torch.Generator(inputs.device).manual_seed(seed)  # the same draws after every epoch
-            return {"noisy_accuracy": noisy_accuracy(defense, query, val_x, val_y, sigma, noise)}
-
-    history = train_defense(trainer, inputs, targets, schedule, generator=generator, on_epoch=on_epoch, desc=label)
-    meta = {
-        "method": method.name,
-        "task": task.name,
-        "sigma": sigma,
-        "channels": int(inputs.shape[1]),
-        "image_size": list(image_size),
-        "latent_dim": params.q,
-        "denoiser_kwargs": denoiser_kwargs,
-        "ae_width": params.ae_width,
-    }
-    save_checkpoint(path, defense, epoch=schedule.epochs, history=history, meta=meta)
-    return history
-
-
-def load_defense(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
-    """A defense saved by this stage, in eval mode, and its ``meta`` (method, task, sigma, builder arguments)."""
-    from advreid.certify.training import build_defense, get_method
-    from advreid.reid.engine import load_checkpoint
-
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run the train_denoiser stage for this method and noise level")
-    meta = load_torch(path, "defense checkpoint")["meta"]
-    defense = build_defense(
-        get_method(meta["method"]), meta["channels"], tuple(meta["image_size"]), meta["latent_dim"],
-        meta["denoiser_kwargs"], meta["ae_width"],
-    )  # fmt: skip
-    load_checkpoint(path, defense)
-    return defense.to(device).eval(), meta
-
-
-def training_table(histories: dict[str, list[dict[str, float]]]) -> str:
-    """One CSV row per epoch with ``<key>_<field>`` columns (key: ``sigma_<s>`` or ``reconstruction``)."""
-    fields = ("loss", "objective", "mse", "noisy_accuracy", "queries_per_sample")
-    epochs = max(len(h) for h in histories.values())
-    columns = ["epoch"] + [f"{key}_{f}" for key, h in histories.items() for f in fields if f in h[0]]
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(columns)
-    for epoch in range(epochs):
-        row: list[object] = [epoch + 1]
-        for history in histories.values():
-            record = history[epoch] if epoch < len(history) else {}
-            row += [f"{record[f]:.6g}" if f in record else "" for f in fields if f in history[0]]
-        writer.writerow(row)
-    return out.getvalue()

@@ -26,17 +26,37 @@ def test_output_shape_matches_input_for_any_size(name: str, size: tuple[int, int
 
 
 @pytest.mark.parametrize("name", sorted(DENOISERS))
-def test_residual_form_zero_last_layer_is_identity(name: str) -> None:
+def test_an_untrained_denoiser_is_the_identity_and_leaves_it_after_one_step(name: str) -> None:
     torch.manual_seed(0)
-    model = build_denoiser(name, 3, **TINY[name]).eval()
-    last = _last_conv(model)
-    x = torch.rand(2, 3, 28, 28)
-    assert not torch.equal(model(x), x)
-    with torch.no_grad():
-        last.weight.zero_()
-        if last.bias is not None:
-            last.bias.zero_()
-    assert torch.equal(model(x), x)
+    model = build_denoiser(name, 3, **TINY[name])
+    x = torch.rand(4, 3, 28, 28)
+    assert torch.equal(model(x), x)  # train mode (batch statistics): the residual is exactly 0
+    assert torch.equal(model.eval()(x), x)
+    assert not _last_conv(model).weight.any()
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    (model(x) - torch.zeros_like(x)).pow(2).mean().backward()  # pull the output towards 0: the residual must move
+    optimizer.step()
+    assert not torch.equal(model.eval()(x), x)
+
+
+def test_dncnn_follows_zhang_et_al_init() -> None:
+    torch.manual_seed(0)
+    model = DnCNN(1, depth=4, width=8)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    for conv in convs[1:-1]:  # 8 x (8 * 9) weights: orthonormal rows
+        weight = conv.weight.flatten(1)
+        torch.testing.assert_close(weight @ weight.T, torch.eye(8), atol=1e-5, rtol=0)
+    assert convs[0].bias is not None and not convs[0].bias.any()
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(m.eps == 1e-4 and m.momentum == 0.95 for m in norms)
+
+
+def test_autoencoder_in_eval_mode_decodes_a_sample_alone_as_in_a_batch() -> None:
+    torch.manual_seed(0)
+    encoder, decoder = ConvEncoder(1, 6, 8, width=4).eval(), ConvDecoder(6, 1, 8, width=4).eval()
+    z = encoder(torch.rand(5, 1, 8, 8))  # the black box holds the decoder: its output must not depend on the batch
+    torch.testing.assert_close(decoder(z[:1]), decoder(z)[:1])
 
 
 def test_rdunet_output_is_input_minus_residual_map() -> None:
