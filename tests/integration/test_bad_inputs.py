@@ -326,8 +326,8 @@ CASES = [
     Case(
         "certify n0 > n",
         ("certify", "baseline"),
-        ("certify.settings.n0", "<= n = 200", "500"),
-        params={"certify.settings.n0": 500},
+        ("certify.settings.n0", "<= n = 50", "500"),
+        params={"certify.settings.n0": 500, "certify.settings.n": 50},  # n set here: the demo's n may change
     ),  # fmt: skip
     Case(
         "certify alpha",
