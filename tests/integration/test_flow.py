@@ -252,6 +252,14 @@ def test_retry_rule_and_slot_environment() -> None:
     assert "CUDA_VISIBLE_DEVICES" not in cpu and cpu["OMP_NUM_THREADS"] == cpu["MKL_NUM_THREADS"] == "1"
 
 
+def test_metric_names_of_foreach_stages_are_valid_for_mlflow() -> None:
+    from mlflow.utils.validation import _validate_metric_name
+
+    name = pipeline_module.metric_name("seconds.ingest@demo_b")
+    assert name == "seconds.ingest_demo_b"
+    _validate_metric_name(name)  # raises on a name MLflow would refuse
+
+
 def test_startup_timeout_error_says_what_to_do(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     def timed_out(**kwargs):
         raise RuntimeError("Timed out while attempting to connect to ephemeral Prefect API server.")
