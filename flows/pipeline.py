@@ -531,7 +531,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-parallel", type=int, help="stages at once (default: pipeline.max_parallel)")
     args = parser.parse_args(argv)
     # Before the flow starts: Prefect's ephemeral API reads PREFECT_HOME when it starts up.
-    apply_environment(Path(args.project_dir))
+    root = apply_environment(Path(args.project_dir))
+    if not args.force:
+        plan = build_plan(root, args.targets)
+        if not plan.stale:
+            # Nothing to run: no Prefect server start, no MLflow run (they cost ~20 s on a loaded machine).
+            records = [StageRecord(stage=stage, status="up-to-date", seconds=0.0) for stage in plan.stages]
+            print(format_summary(records, headline(headline_metrics(root), headline_patterns(root))))
+            return 0
     try:
         pipeline(project_dir=args.project_dir, targets=args.targets, force=args.force, max_parallel=args.max_parallel)
     except PreflightFailed as exc:
