@@ -350,7 +350,12 @@ def headline_metrics(project_dir: str | os.PathLike) -> dict[str, float]:
         if "error" not in entry and "data" in entry
         for key, value in numeric_leaves(entry["data"]).items()
     }
-    return {re.sub(r"[^/\w.\- :]", "_", name): value for name, value in merged.items()}
+    return {metric_name(name): value for name, value in merged.items()}
+
+
+def metric_name(name: str) -> str:
+    """``name`` with the characters MLflow rejects in metric names (``@`` of foreach stages, ...) as ``_``."""
+    return re.sub(r"[^/\w.\- :]", "_", name)
 
 
 # Used when params.yaml has no `pipeline.headline`: every metric whose last key is one of these.
@@ -419,7 +424,9 @@ def pipeline(
             log_parent_lock(parent, root)
         metrics = headline_metrics(root) if failure is None else {}
         parent.log_metrics(metrics)
-        parent.log_metrics({f"seconds.{r['stage']}": r["seconds"] for r in ordered if r["status"] == "ran"})
+        parent.log_metrics(
+            {metric_name(f"seconds.{r['stage']}"): r["seconds"] for r in ordered if r["status"] == "ran"}
+        )
         summary = format_summary(ordered, headline(metrics, headline_patterns(root)))
         print(summary)
         if failure is not None:
@@ -524,7 +531,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-parallel", type=int, help="stages at once (default: pipeline.max_parallel)")
     args = parser.parse_args(argv)
     # Before the flow starts: Prefect's ephemeral API reads PREFECT_HOME when it starts up.
-    apply_environment(Path(args.project_dir))
+    root = apply_environment(Path(args.project_dir))
+    if not args.force:
+        plan = build_plan(root, args.targets)
+        if not plan.stale:
+            # Nothing to run: no Prefect server start, no MLflow run (they cost ~20 s on a loaded machine).
+            records = [StageRecord(stage=stage, status="up-to-date", seconds=0.0) for stage in plan.stages]
+            print(format_summary(records, headline(headline_metrics(root), headline_patterns(root))))
+            return 0
     try:
         pipeline(project_dir=args.project_dir, targets=args.targets, force=args.force, max_parallel=args.max_parallel)
     except PreflightFailed as exc:

@@ -252,12 +252,38 @@ def test_retry_rule_and_slot_environment() -> None:
     assert "CUDA_VISIBLE_DEVICES" not in cpu and cpu["OMP_NUM_THREADS"] == cpu["MKL_NUM_THREADS"] == "1"
 
 
+def test_metric_names_of_foreach_stages_are_valid_for_mlflow() -> None:
+    from mlflow.utils.validation import _validate_metric_name
+
+    name = pipeline_module.metric_name("seconds.ingest@demo_b")
+    assert name == "seconds.ingest_demo_b"
+    _validate_metric_name(name)  # raises on a name MLflow would refuse
+
+
+def test_up_to_date_pipeline_starts_no_flow(
+    tmp_path: Path, isolated_env: str, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    project = make_project(tmp_path / "proj", {"a": _stage("a.py", [], ["a.txt"]), "c": _stage("c.py", [], ["c.txt"])})
+    subprocess.run([sys.executable, "-m", "dvc", "repro", "-q"], cwd=project, check=True)
+
+    def no_flow(**kwargs):
+        raise AssertionError("the Prefect flow started for an up-to-date pipeline")
+
+    monkeypatch.setattr(pipeline_module, "pipeline", no_flow)
+    assert pipeline_module.main(["--project-dir", str(project)]) == 0
+    rows = [line.split()[:2] for line in capsys.readouterr().out.splitlines()]
+    assert ["a", "up-to-date"] in rows and ["c", "up-to-date"] in rows
+    (project / "c.py").write_text((project / "c.py").read_text() + "# changed\n")  # now c is stale
+    with pytest.raises(AssertionError, match="flow started"):
+        pipeline_module.main(["--project-dir", str(project)])
+
+
 def test_startup_timeout_error_says_what_to_do(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     def timed_out(**kwargs):
         raise RuntimeError("Timed out while attempting to connect to ephemeral Prefect API server.")
 
     monkeypatch.setattr(pipeline_module, "pipeline", timed_out)
-    assert pipeline_module.main(["--project-dir", str(ROOT)]) == 1
+    assert pipeline_module.main(["--project-dir", str(ROOT), "--force"]) == 1  # --force: straight to the flow
     err = capsys.readouterr().err
     assert "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in err and "prefect server start --host 127.0.0.1" in err
 
