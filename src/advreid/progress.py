@@ -41,6 +41,7 @@ def progress(
     iterable: Iterable[T] | None = None,
     *,
     total: int | None = None,
+    initial: int = 0,
     desc: str = "",
     unit: str = "it",
     enabled: bool = True,
@@ -48,14 +49,14 @@ def progress(
     stream: IO[str] | None = None,
     interval: float | None = None,
 ) -> tqdm:
-    """A tqdm bar over ``iterable`` (or updated by hand up to ``total``) with rate and ETA.
+    """A tqdm bar over ``iterable`` (or updated by hand up to ``total``, from ``initial``) with rate and ETA.
 
     On a terminal it is tqdm's own bar; otherwise one line every ``interval`` seconds (default
     :data:`PIPE_INTERVAL_SECONDS`) and a last line when the loop ends. ``enabled=False`` shows nothing
     (e.g. on DDP ranks other than 0).
     """
     stream = stream or sys.stderr
-    options: dict[str, Any] = {"total": total, "desc": desc, "unit": unit, "disable": not enabled}
+    options: dict[str, Any] = {"total": total, "initial": initial, "desc": desc, "unit": unit, "disable": not enabled}
     if stream.isatty():
         return tqdm(iterable, leave=leave, file=stream, **options)
     return tqdm(

@@ -45,3 +45,12 @@ def test_terminal_gets_tqdm_bar_and_disabled_shows_nothing() -> None:
     for _ in progress(range(5), desc="eval", stream=quiet, enabled=False):
         pass
     assert quiet.getvalue() == ""
+
+
+def test_a_resumed_loop_starts_its_count_at_initial():
+    stream = io.StringIO()
+    with progress(range(4, 10), total=10, initial=4, desc="resumed", stream=stream, interval=0) as bar:
+        assert bar.n == 4
+        for _ in bar:
+            pass
+    assert "resumed: 10/10" in stream.getvalue()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -23,12 +22,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from advreid.attacks.evaluation import AttackConfig, AttackOutcome, ReIDSplit, attack_split, evenly_spaced, rank_scores
 from advreid.data.torch_data import ManifestImages, load_split
 from advreid.io import atomic_path
 from advreid.params import ParamsError, build, require, require_counts
+from advreid.progress import progress
 from advreid.reid.evaluation import EvalSettings
 from advreid.reid.features import extract_features
 from advreid.reid.metrics import RankResult, evaluate_rank
@@ -204,7 +203,7 @@ def attack_grid(
     cells, results = {}, {"clean": clean}
     grid = params.grid()
     with atomic_path(out_dir, is_dir=True) as tmp:
-        for cell in tqdm(grid, desc=f"attack {model_name}", unit="cell", disable=not sys.stderr.isatty()):
+        for cell in progress(grid, desc=f"attack {model_name}", unit="cell"):
             outcome = attack_split(
                 model,
                 cell.config,
@@ -278,7 +277,7 @@ def wma_sweep(
         for e in sweep.eps
     ]
     outcomes = {}
-    for key, config, b in tqdm(runs, desc="attack sweep", unit="run", disable=not sys.stderr.isatty()):
+    for key, config, b in progress(runs, desc="attack sweep", unit="run"):
         outcomes[key] = attack_split(model, config, splits, **b.pixels(), **common)
     lambdas = {lam: outcomes[lam] for lam in sweep.lambdas}
     metrics = {

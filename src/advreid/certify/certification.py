@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from scipy.stats import norm
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from advreid.certify.blackbox import BlackBox
 from advreid.certify.smoothing import ABSTAIN, Smooth, certified_accuracy
 from advreid.params import ParamsError
+from advreid.progress import progress
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def certify_points(
     smooth = Smooth(black_box, num_classes, sigma)
     generator = torch.Generator(images.device).manual_seed(seed)
     predictions, radii = [], []
-    for image in tqdm(images, desc=desc, unit="point", leave=False):
+    for image in progress(images, desc=desc, unit="point"):
         prediction, radius = smooth.certify(
             image, settings.n0, settings.n, settings.alpha, settings.batch_size, generator
         )

@@ -16,12 +16,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from advreid.certify.reconstruction import CompressedSensing, ReconstructionNet
 from advreid.certify.training import TrainSchedule, fit_reconstruction
 from advreid.device import rng_state, set_rng_state
 from advreid.io import load_torch
+from advreid.progress import progress
 from advreid.reid.engine import LAST_CHECKPOINT, load_checkpoint, resumable_epochs, save_checkpoint
 
 
@@ -57,7 +57,7 @@ def train_classifier(
             set_rng_state(checkpoint["rng"])
             generator.set_state(checkpoint["rng"]["generator"])
     steps = -(-images.shape[0] // batch_size)
-    bar = tqdm(total=epochs * steps, initial=start * steps, desc="classifier", unit="step", leave=False)
+    bar = progress(total=epochs * steps, initial=start * steps, desc="classifier", unit="step")
     for epoch in range(start + 1, epochs + 1):
         model.train()
         total = 0.0

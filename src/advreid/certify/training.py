@@ -23,13 +23,13 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from advreid.certify.blackbox import BlackBox
 from advreid.certify.objectives import cross_entropy_from_probs, total_loss, total_loss_per_sample
 from advreid.certify.zeroth_order import cge_gradient, rge_gradient, zo_backward
 from advreid.device import rng_state, set_rng_state
 from advreid.models.denoisers import ConvDecoder, ConvEncoder, build_denoiser
+from advreid.progress import progress as show_progress
 from advreid.reid.engine import load_checkpoint, save_checkpoint
 
 QueryFn = Callable[[Tensor], Tensor]
@@ -432,8 +432,8 @@ def train_defense(
             if generator_ is not None:
                 generator_.set_state(saved["rng"][key])
     done = len(history)
-    bar = tqdm(total=schedule.epochs * steps_per_epoch, initial=done * steps_per_epoch, desc=desc, unit="step",
-               disable=not progress, leave=False)  # fmt: skip
+    bar = show_progress(total=schedule.epochs * steps_per_epoch, initial=done * steps_per_epoch, desc=desc,
+                        unit="step", enabled=progress)  # fmt: skip
     for epoch in range(done + 1, schedule.epochs + 1):
         defense.train()
         if trainer.black_box is not None:
@@ -486,7 +486,7 @@ def fit_reconstruction(
     optimizer = torch.optim.Adam(parameters, lr=schedule.lr, weight_decay=schedule.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, schedule.lr_step, schedule.lr_gamma)
     losses = []
-    bar = tqdm(total=schedule.epochs, desc=desc, unit="epoch", disable=not progress, leave=False)
+    bar = show_progress(total=schedule.epochs, desc=desc, unit="epoch", enabled=progress)
     for _ in range(schedule.epochs):
         total = 0.0
         order = torch.randperm(images.shape[0], generator=generator, device=images.device)

@@ -15,17 +15,16 @@ stochastic pass of the defended model.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from advreid.attacks.evaluation import AttackConfig, ReIDSplit, attack_split
 from advreid.defense.noise import StochasticReIDModel
+from advreid.progress import progress
 from advreid.reid.metrics import evaluate_rank
 from advreid.reid.reranking import k_reciprocal_rerank
 
@@ -124,7 +123,7 @@ def attack_cells(
     # On a stochastic model every white-box attack is EOT-averaged, so e.g. EOT-FGSM and FGSM become one attack:
     # a cell whose effective attack equals an earlier cell's is not recomputed but reported with ``same_as``.
     computed: dict[tuple, str] = {}
-    for index, cell in enumerate(tqdm(cells, desc="defense cells", unit="cell", disable=not sys.stderr.isatty())):
+    for index, cell in enumerate(progress(cells, desc="defense cells", unit="cell")):
         config = cell.config
         if stochastic and not cell.transfer and config.method != "wma":
             config = replace(config, eot_samples=max(config.eot_samples, settings.eot_samples))

@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from advreid.device import rng_state, set_rng_state
 from advreid.gan.data import DomainImages, batch_indices, domain_batch
@@ -32,6 +31,7 @@ from advreid.gan.networks import Generator, MultiScaleDiscriminator, NetworkSize
 from advreid.io import atomic_path
 from advreid.models.reid import ReIDModel, build_reid_model
 from advreid.params import ParamsError
+from advreid.progress import progress
 from advreid.reid.engine import seed_everything
 
 ID_INITS = ("teacher", "scratch")
@@ -203,17 +203,8 @@ def train_ipes_gan(
             set_rng_state(checkpoint["rng"])
     end = settings.max_iter if stop_after is None else min(stop_after, settings.max_iter)
     generator.train(), discriminator.train(), identity.train()
-    show = sys.stderr.isatty()
     began = time.perf_counter()
-    with tqdm(
-        range(start, end),
-        desc=description,
-        unit="it",
-        leave=False,
-        disable=not show,
-        initial=start,
-        total=settings.max_iter,
-    ) as bar:
+    with progress(range(start, end), desc=description, unit="it", initial=start, total=settings.max_iter) as bar:
         for it in bar:
             record = train_iteration(
                 settings, source, target, seed, it, generator, discriminator, identity, teacher, optimizers, device

@@ -33,11 +33,11 @@ import torch.distributed as dist
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
-from tqdm import tqdm
 
 from advreid.device import barrier, get_rank, is_distributed, rng_state, set_rng_state, supports_amp, unwrap
 from advreid.errors import CheckpointError
 from advreid.io import atomic_path, load_torch
+from advreid.progress import progress
 from advreid.reid.losses import vanilla_reid_loss
 
 LAST_CHECKPOINT = "last.pt"
@@ -258,9 +258,9 @@ class ReIDEngine:
         self.model.train()
         totals: dict[str, float] = {}
         images = 0
-        show = get_rank() == 0 and sys.stderr.isatty()
+        show = get_rank() == 0
         start = time.perf_counter()
-        with tqdm(loader, desc=description, unit="batch", leave=False, disable=not show) as bar:
+        with progress(loader, desc=description, unit="batch", enabled=get_rank() == 0) as bar:
             for step, batch in enumerate(bar, 1):
                 size = len(batch[0])
                 stats = self.forward_backward(batch)

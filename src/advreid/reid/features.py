@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from tqdm import tqdm
 
 from advreid.device import unwrap
+from advreid.progress import progress
 
 
 def embed(model: nn.Module, images: Tensor, flip: bool = False) -> Tensor:
@@ -44,7 +43,7 @@ def extract_features(
     features, labels, cameras = [], [], []
     try:
         with torch.no_grad():
-            for batch in tqdm(loader, desc="features", unit="batch", leave=False, disable=not sys.stderr.isatty()):
+            for batch in progress(loader, desc="features", unit="batch"):
                 images = batch[0].to(device, non_blocking=True)
                 features.append(embed(model, images, flip).float().cpu())
                 labels.append(torch.as_tensor(batch[1]).long().cpu())
