@@ -18,5 +18,9 @@ class CheckpointError(BadInputError, ValueError):
     """A checkpoint file is missing, truncated, unsafe to unpickle, or not the kind the caller expects."""
 
 
+class DataSizeError(BadInputError, ValueError):
+    """The data are too small for a setting (e.g. re-ranking's k1 above the number of query + gallery images)."""
+
+
 # Raised by the standard library with a path-naming message for a file the user must provide.
 EXPECTED_ERRORS: tuple[type[BaseException], ...] = (BadInputError, FileNotFoundError)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from advreid.errors import DataSizeError
 from advreid.reid.metrics import pairwise_distance
 
 METRICS = ("cosine", "euclidean")
@@ -164,8 +165,9 @@ def _check_arguments(
         raise ValueError(f"k_reciprocal_rerank: chunk_size must be >= 1, got {chunk_size}")
     num_all = len(query) + len(gallery)
     if max(k1 + 1, k2) > num_all:
-        raise ValueError(
-            f"k_reciprocal_rerank: max(k1 + 1, k2) = {max(k1 + 1, k2)} exceeds the {num_all} query + gallery probes"
+        raise DataSizeError(
+            f"k_reciprocal_rerank: max(k1 + 1, k2) = {max(k1 + 1, k2)} exceeds the {num_all} query + gallery probes "
+            "(lower the re-ranking k1 / k2 params or evaluate more images)"
         )
 
 

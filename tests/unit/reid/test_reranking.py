@@ -3,6 +3,7 @@ import pytest
 import torch
 from scipy.spatial.distance import cdist
 
+from advreid.errors import DataSizeError
 from advreid.reid.metrics import evaluate_rank, pairwise_distance
 from advreid.reid.reranking import k_reciprocal_rerank
 
@@ -170,7 +171,7 @@ def test_bad_arguments_are_named():
         k_reciprocal_rerank(q, g, lambda_value=1.5)
     with pytest.raises(ValueError, match="same D"):
         k_reciprocal_rerank(q, g[:, :4])
-    with pytest.raises(ValueError, match="exceeds"):
+    with pytest.raises(DataSizeError, match="exceeds .* lower the re-ranking k1"):  # a user's error: exit 2
         k_reciprocal_rerank(q[:3], g[:4], k1=7)
     with pytest.raises(ValueError, match="chunk_size"):
         k_reciprocal_rerank(q, g, chunk_size=0)
