@@ -171,7 +171,7 @@ def test_bad_arguments_are_named():
         k_reciprocal_rerank(q, g, lambda_value=1.5)
     with pytest.raises(ValueError, match="same D"):
         k_reciprocal_rerank(q, g[:, :4])
-    with pytest.raises(DataSizeError, match="exceeds .* lower the re-ranking k1"):  # a user's error: exit 2
+    with pytest.raises(DataSizeError, match=r"exceeds .* \(lower the re-ranking k1"):  # a user's error: exit 2
         k_reciprocal_rerank(q[:3], g[:4], k1=7)
     with pytest.raises(ValueError, match="chunk_size"):
         k_reciprocal_rerank(q, g, chunk_size=0)
