@@ -134,8 +134,8 @@ def resolve(root: Path, target: str, client=None) -> Side:
         client = client or get_client(root)
         try:
             return load_run(client, target)
-        except MlflowException:
-            pass  # a 32-hex git sha is possible: try it as a revision
+        except MlflowException:  # a 32-hex git sha is possible: try it as a revision
+            return load_revision(root, target)
     return load_revision(root, target)
 
 

@@ -13,11 +13,9 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
 from advreid.attacks.evaluation import ssim
-from advreid.data.torch_data import ManifestImages, load_split
-from advreid.reid.features import extract_features
+from advreid.data.torch_data import ManifestImages
 from advreid.reid.metrics import evaluate_rank
 
 
@@ -67,12 +65,11 @@ class CleanSplit:
 def clean_splits(
     model: nn.Module, processed_dir: Path, size: tuple[int, int], device: torch.device, root: Path, batch_size: int = 64
 ) -> dict[str, CleanSplit]:
-    """Query and gallery of a processed dataset at ``size`` (H, W) with single-pass clean features."""
-    splits = {}
-    for split in ("query", "gallery"):
-        frame, raw_root = load_split(processed_dir, split, root)
-        images = ManifestImages(frame, raw_root, size=size)
-        loader = DataLoader(images, batch_size=batch_size, shuffle=False)
-        features, labels, cameras = extract_features(model, loader, device, flip=False)
-        splits[split] = CleanSplit(images, frame["path"].astype(str).tolist(), features, labels, cameras)
-    return splits
+    """Query and gallery of a processed dataset at ``size`` (H, W) with single-pass clean features, as the attack
+    stage loads them (:func:`advreid.attacks.grid.load_source`), plus their manifest paths."""
+    from advreid.attacks.grid import load_source
+
+    return {
+        name: CleanSplit(s.images, s.images.frame["path"].astype(str).tolist(), s.features, s.labels, s.cameras)
+        for name, s in load_source(model, processed_dir, size, batch_size, device, root).items()
+    }
