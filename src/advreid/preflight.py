@@ -178,7 +178,7 @@ def _eval_defense(params: Path, args: list[str]) -> None:
     defense = _defense(params)
     model_entry(_reid(params).models, defense.model)
     try:
-        build(EvalProtocol, defense.eval, "defense.eval").check("defense.eval")
+        build(EvalProtocol, defense.eval, "defense.eval").check("defense.eval", defense.evaluate)
     except ValueError as err:
         raise ParamsError(str(err)) from err
 

@@ -6,6 +6,8 @@ home. Values already set in the environment win, so pointing at servers is confi
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import sys
 from pathlib import Path
@@ -27,6 +29,14 @@ QUIET_DEFAULTS = {
 # `make run` at load 7); a slow start costs nothing when the server comes up sooner.
 PREFECT_STARTUP_TIMEOUT_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
 PREFECT_STARTUP_TIMEOUT_SECONDS = 180
+
+# glibc's malloc serves blocks above 128 KiB-32 MiB (its dynamic threshold) with fresh mmap pages and returns freed
+# memory to the kernel: a CPU stage that allocates and frees activation-sized tensors every step then spends ~15% of
+# its time in page faults (eval_defense@mp_snn: 12.6 M minor faults, 32 s system time of 214 s). Keeping freed
+# memory in the heap cut one EOT-10 attack step of the demo MP-SNN by 10% (1.79 -> 1.61 CPU s) and its page faults
+# 4x. Allocation never changes what is computed.
+MALLOC_KEEP_BYTES = 1 << 30
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
 def project_root() -> Path:
@@ -62,4 +72,20 @@ def apply_environment(root: Path | None = None) -> Path:
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
     os.environ.setdefault("DVC_SITE_CACHE_DIR", str(root / ".dvc" / "tmp" / "site-cache"))
     os.environ.setdefault("MPLBACKEND", "Agg")
+    keep_freed_memory()
     return root
+
+
+def keep_freed_memory(limit: int = MALLOC_KEEP_BYTES) -> bool:
+    """glibc only: serve allocations up to ``limit`` bytes from the heap and keep up to ``limit`` freed bytes there
+    (``mallopt`` M_MMAP_THRESHOLD / M_TRIM_THRESHOLD), so steady-state tensor churn reuses pages instead of
+    faulting fresh ones in. Returns whether it applied (False on other C libraries, or with
+    ``ADVREID_MALLOC_DEFAULTS=1``)."""
+    if os.environ.get("ADVREID_MALLOC_DEFAULTS") == "1" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, limit)) and bool(mallopt(_M_TRIM_THRESHOLD, limit))

@@ -95,6 +95,7 @@ def _write_params(root: Path) -> None:
                             "eot_pgd": {"method": "pgd", "random_start": True, "eot_samples": 2},
                             "mi_fgsm": {"method": "mi_fgsm"},
                             "sma": {"method": "fgsm", "objective": "sma"}},
+                "model_attacks": {"pgd_at": ["pgd"]},
                 "sweep_eps": [4, 64],
                 "sweep_steps": 2,
                 "masking_max_rank1": 1.0,
@@ -136,6 +137,9 @@ def test_stages_write_their_declared_outputs(project, monkeypatch):
     # deterministic model: EOT over 2 identical passes is not the same config, but gives PGD's exact result
     assert "same_as" not in vanilla["cells"]["eot_pgd-eps8"]
     assert vanilla["cells"]["eot_pgd-eps8"]["mAP"] == vanilla["cells"]["pgd-eps8"]["mAP"]
+    # model_attacks: PGD-AT is scored on PGD only (at every budget that runs it), the sweep still runs
+    pgd_at = json.loads((project / "reports" / "metrics" / "defense" / "pgd_at.json").read_text())["cells"]
+    assert set(pgd_at) == {"clean", "pgd-eps8", "sweep_pgd-eps4", "sweep_pgd-eps64"}
     assert defense_report.main([]) == 0
     summary = json.loads((project / "reports" / "metrics" / "mp_snn.json").read_text())
     assert summary["mp_snn"]["clean"]["rank1"] == pytest.approx(100 * cells["clean"]["rank1"])

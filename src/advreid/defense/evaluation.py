@@ -15,6 +15,7 @@ stochastic pass of the defended model.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -231,7 +232,9 @@ class EvalProtocol:
     ``attacks`` run at that budget; default all), the ``transfer`` attacks
     also made on the vanilla model at ``transfer_budget``, the masking sweep (``sweep_attack`` at each eps of
     ``sweep_eps`` with ``sweep_steps`` steps of 2.5 eps / steps, Madry et al.'s rule) and ``queries`` evenly
-    spaced queries (0: all)."""
+    spaced queries (0: all). ``model_attacks`` (model name -> attack names) limits a model's white-box cells to
+    those attacks at every budget (the transfer cells and the sweep always run): the demo scores its ablations on
+    the columns of Tables 5.6-5.7 only."""
 
     attacks: dict
     budgets: dict
@@ -244,8 +247,11 @@ class EvalProtocol:
     masking_tolerance: float = 0.02
     queries: int = 0
     scoring: dict | None = None  # ScoringSettings fields
+    model_attacks: dict | None = None  # model name -> the attack names of its white-box cells (default: all)
 
-    def check(self, where: str) -> EvalProtocol:
+    def check(self, where: str, models: Iterable[str] | None = None) -> EvalProtocol:
+        """Raise ValueError naming the key of what is wrong; ``models``: the evaluated model names, which the keys
+        of ``model_attacks`` must be."""
         for name, budget in self.budgets.items():
             if set(budget) - {"eps", "step", "steps", "rerank", "attacks"} or not {"eps", "step", "steps"} <= set(
                 budget
@@ -269,6 +275,16 @@ class EvalProtocol:
             raise ValueError(f"{where}: need non-negative sweep_eps, sweep_steps >= 1 and queries >= 0")
         for name in self.attacks:
             self.config(name, where)
+        for model, names in (self.model_attacks or {}).items():
+            if models is not None and model not in models:
+                raise ValueError(f"{where}.model_attacks: {model!r} is not an evaluated model {sorted(models)}")
+            unknown = sorted(set(names) - set(self.attacks))
+            if unknown or not names:
+                got = f"unknown {unknown}" if unknown else "an empty list"
+                raise ValueError(
+                    f"{where}.model_attacks.{model}: need a non-empty list of {where}.attacks {sorted(self.attacks)}, "
+                    f"got {got}"
+                )
         self.scoring_settings().check(f"{where}.scoring")
         return self
 
@@ -278,11 +294,15 @@ class EvalProtocol:
     def scoring_settings(self) -> ScoringSettings:
         return ScoringSettings(**(self.scoring or {}))
 
-    def cells(self, stochastic: bool) -> tuple[list[AttackCell], dict[float, str]]:
-        """Every attack x budget, the transfer cells (stochastic models only) and the sweep; and eps -> sweep cell."""
+    def cells(self, stochastic: bool, model: str | None = None) -> tuple[list[AttackCell], dict[float, str]]:
+        """Every attack x budget (of ``model_attacks[model]`` when given), the transfer cells (stochastic models
+        only) and the sweep; and eps -> sweep cell."""
         cells = []
+        only = (self.model_attacks or {}).get(model)
         for budget_name, b in self.budgets.items():
             for name in b.get("attacks", self.attacks):  # a budget may name its attacks (Table 5.5: MI-FGSM, SMA)
+                if only is not None and name not in only:
+                    continue
                 cells.append(AttackCell(f"{name}-{budget_name}", self.config(name), b["eps"] / 255, b["step"] / 255,
                                         b["steps"], bool(b.get("rerank", False))))  # fmt: skip
         if stochastic:
@@ -313,10 +333,12 @@ def evaluate_defense(
     gallery: Split,
     protocol: EvalProtocol,
     device: torch.device,
+    name: str | None = None,
 ) -> dict[str, Any]:
-    """Clean, white-box, transfer and sweep cells of ``model`` and its gradient-masking check (the metrics JSON)."""
+    """Clean, white-box, transfer and sweep cells of ``model`` (``name``: its key of ``protocol.model_attacks``)
+    and its gradient-masking check (the metrics JSON)."""
     stochastic = is_stochastic(model)
-    cells, sweep = protocol.cells(stochastic)
+    cells, sweep = protocol.cells(stochastic, name)
     rows = evenly_spaced(protocol.queries, len(query.labels))
     results = attack_cells(model, vanilla, query, gallery, rows, cells, protocol.scoring_settings(), device)
     whitebox = f"{protocol.sweep_attack}-{protocol.transfer_budget}"

@@ -33,7 +33,7 @@ def isotropic_noise(
     or, with ``per_sample=False``, one for the whole batch."""
     shape = h.shape if per_sample else (1, *h.shape[1:])
     eps = torch.randn(shape, generator=generator, device=h.device, dtype=h.dtype)
-    return h + sigma * eps
+    return torch.addcmul(h, sigma, eps)  # h + sigma * eps in one pass over the activations
 
 
 def anisotropic_noise(f: Tensor, phi_a: Tensor, generator: torch.Generator | None = None) -> Tensor:

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     params = build(DefenseParams, load_params("defense", root / "params.yaml"), "defense")
     model_entry(reid.models, params.model)
     try:
-        protocol = build(EvalProtocol, params.eval, "defense.eval").check("defense.eval")
+        protocol = build(EvalProtocol, params.eval, "defense.eval").check("defense.eval", params.evaluate)
     except ValueError as err:
         raise ParamsError(str(err)) from err
     path = model_path(root, params, args.model)
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         size = (meta["height"], meta["width"])
         query = load_split_tensors(processed, "query", size, root)
         gallery = load_split_tensors(processed, "gallery", size, root)
-        metrics = evaluate_defense(model, vanilla, query, gallery, protocol, device)
+        metrics = evaluate_defense(model, vanilla, query, gallery, protocol, device, args.model)
         metrics.update(model=args.model, dataset=reid.source)
         # wall-clock numbers go to MLflow only: the DVC metrics file depends on the inputs alone
         seconds = {name: cell.pop("seconds") for name, cell in metrics["cells"].items() if "seconds" in cell}
