@@ -101,7 +101,7 @@ def _attack_report(params: Path, args: list[str]) -> None:
 
 
 def _train_classifier(params: Path, args: list[str]) -> None:
-    from advreid.stages.train_classifier import ClassifierParams, ReconstructorParams
+    from advreid.certify.params import ClassifierParams, ReconstructorParams
 
     classifier = build(ClassifierParams, load_params("train_classifier", params), "train_classifier")
     build(ReconstructorParams, classifier.reconstruction, "train_classifier.reconstruction")
@@ -119,7 +119,7 @@ def _train_denoiser(params: Path, args: list[str]) -> None:
 
 
 def _certify(params: Path, args: list[str]) -> None:
-    from advreid.stages.certify import CertifyParams, ReconstructionEvalParams
+    from advreid.certify.params import CertifyParams, ReconstructionEvalParams
 
     certify = build(CertifyParams, load_params("certify.settings", params), "certify.settings")
     if not certify.sigmas or not certify.radii:

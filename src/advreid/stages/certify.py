@@ -14,61 +14,16 @@ index, label, prediction, radius, correct) for the paired tests of ``certify_rep
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, fields
 
 import numpy as np
 
+from advreid.certify.params import THESIS_N, CertifyParams, ReconstructionEvalParams
 from advreid.io import write_json, write_text
-from advreid.params import ParamsError, build, load_params, require, require_counts
+from advreid.params import build, load_params
 from advreid.settings import apply_environment
 
 BASELINE = "baseline"
-THESIS_N = 10_000
-
-
-@dataclass(frozen=True)
-class ReconstructionEvalParams:
-    epsilons: tuple[float, ...] = (0.0, 1.0, 2.0, 3.0, 4.0)
-    steps: int = 40
-    noise_samples: int = 10
-    num_points: int = 100
-
-    def check(self, where: str) -> ReconstructionEvalParams:
-        for index, eps in enumerate(self.epsilons):
-            require(eps >= 0, f"{where}.epsilons[{index}]", ">= 0", eps)
-        require_counts(self, where, ("steps", "noise_samples", "num_points"))
-        return self
-
-
-@dataclass(frozen=True)
-class CertifyParams:
-    sigmas: tuple[float, ...]
-    n0: int = 100
-    n: int = THESIS_N
-    alpha: float = 0.001
-    batch_size: int = 1000
-    num_points: int = 500
-    radii: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75)
-    curve_step: float = 0.01
-    reconstruction: dict = field(default_factory=dict)
-    device: str = "auto"
-    threads: int = 0  # torch CPU threads; 0 keeps torch's default
-
-    def check(self, where: str) -> CertifyParams:
-        if not self.sigmas or not self.radii:
-            raise ParamsError(f"{where}: sigmas and radii need at least one value each")
-        for index, sigma in enumerate(self.sigmas):
-            require(sigma > 0, f"{where}.sigmas[{index}]", "> 0 (the smoothing noise level)", sigma)
-        for index, radius in enumerate(self.radii):
-            require(radius >= 0, f"{where}.radii[{index}]", ">= 0", radius)
-        require_counts(self, where, ("n0", "n", "batch_size", "num_points"))
-        require(
-            self.n0 <= self.n, f"{where}.n0", f"<= n = {self.n} (selection draws may not outnumber estimation)", self.n0
-        )
-        require(0 < self.alpha < 1, f"{where}.alpha", "in (0, 1)", self.alpha)
-        require(self.curve_step > 0, f"{where}.curve_step", "> 0", self.curve_step)
-        require(self.threads >= 0, f"{where}.threads", ">= 0 (0 = torch's default)", self.threads)
-        return self
 
 
 def main(argv: list[str] | None = None) -> int:

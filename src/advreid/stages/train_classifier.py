@@ -14,49 +14,12 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
+from advreid.certify.params import ClassifierParams, ReconstructorParams
 from advreid.io import write_json
-from advreid.params import build, load_params, require, require_counts
+from advreid.params import build, load_params
 from advreid.settings import apply_environment
-
-
-@dataclass(frozen=True)
-class ReconstructorParams:
-    dataset: str  # the thesis uses MNIST (Table 6.3) while the classifiers use CIFAR / STL-10
-    measurements: int  # rows of the measurement matrix (Zhang et al.: 576 of MNIST's 784 pixels)
-    hidden: int = 256
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 1e-3
-
-    def check(self, where: str) -> ReconstructorParams:
-        require_counts(self, where, ("measurements", "hidden", "epochs", "batch_size"))
-        require(self.lr > 0, f"{where}.lr", "> 0", self.lr)
-        return self
-
-
-@dataclass(frozen=True)
-class ClassifierParams:
-    dataset: str
-    arch: str
-    epochs: int
-    batch_size: int
-    lr: float
-    reconstruction: dict
-    arch_options: dict = field(default_factory=dict)
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    device: str = "auto"
-    threads: int = 0  # torch CPU threads; 0 keeps torch's default
-
-    def check(self, where: str) -> ClassifierParams:
-        require_counts(self, where, ("epochs", "batch_size"))
-        require(self.lr > 0, f"{where}.lr", "> 0", self.lr)
-        require(0 <= self.momentum < 1, f"{where}.momentum", "in [0, 1)", self.momentum)
-        require(self.weight_decay >= 0, f"{where}.weight_decay", ">= 0", self.weight_decay)
-        require(self.threads >= 0, f"{where}.threads", ">= 0 (0 = torch's default)", self.threads)
-        return self
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -164,12 +164,14 @@ def test_training_reduces_the_objective_on_digits(digits, classifier, name: str)
     generator = torch.Generator().manual_seed(1)
     prepare_defense(trainer, images, TrainSchedule(3, 32, 1e-2), generator=generator, progress=False)
     held, held_targets = images[:64], targets[:64]
-    noisy = held + 0.25 * torch.randn(held.shape, generator=torch.Generator().manual_seed(2))
-    before = trainer.objective_value(held, held_targets, noisy)
-    history = train_defense(trainer, images, targets, TrainSchedule(3, 32, 3e-3), generator=generator, progress=False)
-    after = trainer.objective_value(held, held_targets, noisy)
-    # from the identity denoiser there is less to gain in 3 epochs; measured: 0.87 (FO), 0.96 (RGE), 0.80 (CGE)
-    assert after < {"fo_ruds": 0.95, "zo_ruds": 0.99, "zo_ae_ruds": 0.9}[name] * before, (before, after)
+    # the objective on four fixed noise draws: one draw's value moves by a few percent on its own
+    noisy = [held + 0.25 * torch.randn(held.shape, generator=torch.Generator().manual_seed(2 + k)) for k in range(4)]
+    before = sum(trainer.objective_value(held, held_targets, n) for n in noisy)
+    history = train_defense(trainer, images, targets, TrainSchedule(3, 32, 1e-2), generator=generator, progress=False)
+    after = sum(trainer.objective_value(held, held_targets, n) for n in noisy)
+    # from the identity denoiser there is less to gain in 3 epochs; measured: 0.80 (FO), 0.86 (RGE), 0.68 (CGE).
+    # At lr 3e-3 RGE's ratio was 0.96 on one machine and 0.98-1.01 on another (CPU kernels): too close to 1 to test.
+    assert after < {"fo_ruds": 0.9, "zo_ruds": 0.95, "zo_ae_ruds": 0.8}[name] * before, (before, after)
     assert history[-1]["loss"] < history[0]["loss"]
 
 
