@@ -70,7 +70,8 @@ def job_settings(
 
     ``stage_runner`` defaults to ``pipeline.stage_runner`` (then ``local``); the settings are ``pipeline.k8s``
     of ``params_file`` with ``overrides`` (the flow's ``k8s`` parameter) on top. Raises ``ValueError`` naming
-    the key for an unknown runner, key or value, or a ``kubectl`` that is not on PATH.
+    the key for an unknown runner, key or value, a ``kubectl`` that is not on PATH, or a template placeholder
+    the flow does not fill: before any stage runs.
     """
     runner = stage_runner or pipeline_params.get("stage_runner", "local")
     if runner not in STAGE_RUNNERS:
@@ -87,6 +88,8 @@ def job_settings(
     settings = JobSettings(**values)
     if shutil.which(settings.kubectl) is None:
         raise ValueError(f"{params_file}: pipeline.k8s.kubectl {settings.kubectl!r} is not on PATH")
+    root = str(params_file.parent)
+    job_manifest(settings, name="check", stage="check", command="true", working_dir=root, project_dir=root, env={})
     return settings
 
 

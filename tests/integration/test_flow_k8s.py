@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import yaml
 from flows import k8s_jobs
 from flows import pipeline as pipeline_module
 
@@ -159,12 +160,20 @@ def test_manifest_requests_one_gpu_runs_the_command_and_mounts_the_project(kubec
     assert len(long_name) <= 63 and DNS_1123.fullmatch(long_name)
 
 
-def test_template_with_a_placeholder_the_flow_does_not_fill_is_refused(tmp_path: Path, kubectl: Path) -> None:
-    template = tmp_path / "job.yaml"
+def test_an_edited_template_is_used_and_one_with_an_unknown_placeholder_refused(tmp_path: Path, kubectl: Path) -> None:
+    template, params = tmp_path / "job.yaml", tmp_path / "params.yaml"  # relative to the project directory
     template.write_text(k8s_jobs.TEMPLATE.read_text().replace("{{ gpus }}", "{{ gpu }}"))
-    settings = _settings(template=str(template))  # absolute: used as is
     with pytest.raises(ValueError, match=r"job.yaml: unknown placeholder\(s\) \['gpu'\]"):
-        k8s_jobs.job_manifest(settings, name="n", stage="s", command="true", working_dir="/p", project_dir="/p", env={})
+        k8s_jobs.job_settings({}, "k8s", {"template": "job.yaml"}, params)  # when the flow starts
+
+    edited = yaml.safe_load(k8s_jobs.TEMPLATE.read_text())
+    edited["spec"]["template"]["spec"]["nodeSelector"] = {"gpu": "{{ stage_label }}"}
+    template.write_text(yaml.safe_dump(edited))
+    settings = k8s_jobs.job_settings({}, "k8s", {"template": "job.yaml"}, params)
+    manifest = k8s_jobs.job_manifest(
+        settings, name="n", stage="train@a", command="true", working_dir="/p", project_dir=str(tmp_path), env={}
+    )
+    assert manifest["spec"]["template"]["spec"]["nodeSelector"] == {"gpu": "train-a"}
 
 
 # --- one Job, submitted and awaited ---------------------------------------------------------------
