@@ -186,7 +186,8 @@ def run_job(
         if condition["type"] == "Complete":
             return 0, tail
         reason = f"Job {name} failed: {condition.get('reason', '')} {condition.get('message', '')}".rstrip()
-        return _exit_code(settings, name), f"{tail}\n{reason}".lstrip()
+        # A failed Job never counts as a success, whatever its container said.
+        return _exit_code(settings, name) or None, f"{tail}\n{reason}".lstrip()
     except KubectlFailed as err:
         return None, str(err)
     finally:
