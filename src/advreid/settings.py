@@ -23,8 +23,8 @@ QUIET_DEFAULTS = {
     "TF_CPP_MIN_LOG_LEVEL": "3",
 }
 
-# The thread budget of a stage process: OpenMP, MKL, OpenBLAS and torch (through ADVREID_THREADS). The flow
-# sets them per parallel slot or per Kubernetes Job.
+# The thread budget of a stage process, set by the flow per parallel slot or per Kubernetes Job (OpenMP, MKL,
+# OpenBLAS; ADVREID_THREADS is set too, though no stage reads it).
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "ADVREID_THREADS")
 
 # Prefect's 20 s default for its ephemeral API server to answer fails on a loaded machine (measured: 2 of 2
