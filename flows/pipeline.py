@@ -6,8 +6,10 @@ runs each stale stage's command in its own process (one Prefect task per stage, 
 ``pipeline.max_parallel`` at a time, each pinned to a slot: a GPU or a CPU thread budget), and records
 each finished stage in ``dvc.lock`` through DVC's own API, one at a time and in DVC's plan order, so the
 lock and the outputs end exactly as a sequential ``dvc repro`` leaves them. Stage code never imports Prefect.
+With ``--stage-runner k8s`` each stage command runs as its own Kubernetes Job instead (flows/k8s_jobs.py).
 
     python flows/pipeline.py [--project-dir DIR] [--targets STAGE ...] [--force] [--max-parallel N]
+                             [--stage-runner {local,k8s}]
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any, Literal, TypedDict
 
 import yaml
 
-from advreid.settings import PREFECT_STARTUP_TIMEOUT_ENV, apply_environment, quiet_tools
+from advreid.settings import PREFECT_STARTUP_TIMEOUT_ENV, THREAD_ENV, apply_environment, quiet_tools
 
 quiet_tools()  # before Prefect is imported: it reads its logging settings at import time
 
@@ -40,6 +42,11 @@ from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.futures import as_completed  # noqa: E402
 
 from advreid.tracking.mlflow_run import log_parent_lock, numeric_leaves, parent_run  # noqa: E402
+
+try:  # a module of the `flows` package (tests, Prefect) or, run as `python flows/pipeline.py`, a sibling script
+    from flows import k8s_jobs
+except ModuleNotFoundError:
+    import k8s_jobs
 
 # The venv's own interpreter, whatever PATH says (workers may start with a bare PATH).
 PREFLIGHT_COMMAND = (sys.executable, "-m", "advreid", "check")
@@ -51,7 +58,6 @@ RETRY_DELAY_SECONDS = 30
 EXIT_BAD_INPUT = 2
 # Seconds a stopped stage gets between SIGTERM and SIGKILL when another stage failed.
 STOP_GRACE_SECONDS = 10
-THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "ADVREID_THREADS")
 
 
 class StageRecord(TypedDict):
@@ -219,10 +225,12 @@ _STOPPING = threading.Event()
 
 @task(cache_policy=NO_CACHE, retries=RETRIES, retry_delay_seconds=RETRY_DELAY_SECONDS)
 def run_stage(
-    project_dir: str, stage: str, commands: list[str], force: bool = False, slot_env: Mapping[str, str] | None = None
-) -> str:
-    """Run one stale DVC stage's command in its own process (``slot_env`` pins it to its slot); return
-    ``"ran"`` or ``"restored"`` (from DVC's run cache). Raises ``StageFailed`` with the stderr tail.
+    project_dir: str, stage: str, commands: list[str], force: bool = False, slot_env: Mapping[str, str] | None = None,
+    job: k8s_jobs.JobSettings | None = None,
+) -> str:  # fmt: skip
+    """Run one stale DVC stage's command in its own process (``slot_env`` pins it to its slot), or with
+    ``job`` as a Kubernetes Job; return ``"ran"`` or ``"restored"`` (from DVC's run cache). Raises
+    ``StageFailed`` with the stderr tail (a Job's: its log tail and exit code).
 
     No Prefect caching: DVC's hashes are the only cache, so a Prefect cache could only be wrong. The
     stage is recorded in ``dvc.lock`` by the flow (:func:`commit_stage`), not here.
@@ -235,7 +243,10 @@ def run_stage(
     kwargs["env"].update(slot_env or {})
     prefix = f"[{stage}] " if slot_env else ""
     for command in commands:
-        returncode, stderr_tail = _run_streaming_stderr(stage, command, kwargs, prefix)
+        if job is None:
+            returncode, stderr_tail = _run_streaming_stderr(stage, command, kwargs, prefix)
+        else:
+            returncode, stderr_tail = k8s_jobs.run_job(job, stage, command, kwargs, prefix, _STOPPING)
         if returncode != 0:
             kind = StageStopped if _STOPPING.is_set() else StageFailed
             raise kind(
@@ -394,22 +405,27 @@ def format_summary(records: list[StageRecord], metrics: Mapping[str, float]) -> 
 
 @flow(name="advreid-pipeline")
 def pipeline(
-    project_dir: str = ".", targets: list[str] | None = None, force: bool = False, max_parallel: int | None = None
-) -> dict[str, Any]:
+    project_dir: str = ".", targets: list[str] | None = None, force: bool = False, max_parallel: int | None = None,
+    stage_runner: Literal["local", "k8s"] | None = None, k8s: dict[str, Any] | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """Run the DVC pipeline inside one MLflow parent run; return the summary.
 
     Up to ``max_parallel`` (default ``pipeline.max_parallel`` of params.yaml) stages whose upstream stages
-    are done run at once. Returns ``{"stages": [StageRecord...], "metrics": {...}, "parent_run_id": str,
-    "summary": str}``, the records in DVC's plan order with each stage's wall time. A failing stage stops
-    the others (SIGTERM, not recorded in dvc.lock) and fails the flow with its stderr tail.
+    are done run at once, as local processes or, with ``stage_runner="k8s"`` (default
+    ``pipeline.stage_runner``), as Kubernetes Jobs (``pipeline.k8s`` settings, ``k8s`` overriding keys).
+    Returns ``{"stages": [StageRecord...], "metrics": {...}, "parent_run_id": str, "summary": str}``, the
+    records in DVC's plan order with each stage's wall time. A failing stage stops the others (SIGTERM, not
+    recorded in dvc.lock) and fails the flow with its stderr tail.
     """
     root = apply_environment(Path(project_dir))
     parallel = max_parallel or max_parallel_param(root)
+    job = k8s_jobs.job_settings(_pipeline_params(root), stage_runner, k8s, root / "params.yaml")
     plan = build_plan(root, targets)
     to_run = plan.stages if force else sorted(plan.stale)
     records: dict[str, StageRecord] = {}
     failure: BaseException | None = None
     run_params = {"targets": " ".join(targets or []) or "all", "force": force, "max_parallel": parallel}
+    run_params["stage_runner"] = "local" if job is None else "k8s"
     # Stage processes started in this block nest their MLflow runs under it (ADVREID_MLFLOW_PARENT_RUN_ID).
     with parent_run("pipeline", run_params, root=root) as parent:
         try:
@@ -417,7 +433,7 @@ def pipeline(
         except PreflightFailed as err:
             failure = err
         else:
-            failure = _execute(root, plan, force, parallel, records)
+            failure = _execute(root, plan, force, parallel, records, job)
         ordered = [records[stage] for stage in plan.stages if stage in records]
         # dvc.lock is complete only now; it also holds the stages that finished before a failure.
         if (root / "dvc.lock").is_file() and any(r["status"] in ("ran", "restored") for r in ordered):
@@ -436,8 +452,9 @@ def pipeline(
 
 
 def _execute(
-    root: Path, plan: Plan, force: bool, parallel: int, records: dict[str, StageRecord]
-) -> BaseException | None:
+    root: Path, plan: Plan, force: bool, parallel: int, records: dict[str, StageRecord],
+    job: k8s_jobs.JobSettings | None = None,
+) -> BaseException | None:  # fmt: skip
     """Schedule the plan: launch ready stale stages into free slots, record finished ones in plan order."""
     _STOPPING.clear()
     gpus = visible_gpus() if parallel > 1 else []
@@ -474,7 +491,8 @@ def _execute(
                         name=stage, task_run_name=stage, retries=RETRIES, retry_delay_seconds=RETRY_DELAY_SECONDS,
                         retry_condition_fn=_retry_condition,
                     )  # fmt: skip
-                    running[task_.submit(str(root), stage, plan.commands[stage], force, slot_env)] = (stage, slot)
+                    future = task_.submit(str(root), stage, plan.commands[stage], force, slot_env, job)
+                    running[future] = (stage, slot)
                     status[stage] = "running"
                     progressed = True
         if not running:
@@ -529,6 +547,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", nargs="+", help="stages to reproduce, with their upstream stages")
     parser.add_argument("--force", action="store_true", help="reproduce even stages DVC reports up to date")
     parser.add_argument("--max-parallel", type=int, help="stages at once (default: pipeline.max_parallel)")
+    parser.add_argument(
+        "--stage-runner", choices=k8s_jobs.STAGE_RUNNERS, help="local processes or one Kubernetes Job per stage "
+        "(default: pipeline.stage_runner, settings in pipeline.k8s)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     # Before the flow starts: Prefect's ephemeral API reads PREFECT_HOME when it starts up.
     root = apply_environment(Path(args.project_dir))
@@ -540,7 +562,10 @@ def main(argv: list[str] | None = None) -> int:
             print(format_summary(records, headline(headline_metrics(root), headline_patterns(root))))
             return 0
     try:
-        pipeline(project_dir=args.project_dir, targets=args.targets, force=args.force, max_parallel=args.max_parallel)
+        pipeline(
+            project_dir=args.project_dir, targets=args.targets, force=args.force, max_parallel=args.max_parallel,
+            stage_runner=args.stage_runner,
+        )  # fmt: skip
     except PreflightFailed as exc:
         print(exc, file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -25,6 +25,10 @@ QUIET_DEFAULTS = {
     "TF_CPP_MIN_LOG_LEVEL": "3",
 }
 
+# The thread budget of a stage process, set by the flow per parallel slot or per Kubernetes Job (OpenMP, MKL,
+# OpenBLAS; ADVREID_THREADS is set too, though no stage reads it).
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "ADVREID_THREADS")
+
 # Prefect's 20 s default for its ephemeral API server to answer fails on a loaded machine (measured: 2 of 2
 # `make run` at load 7); a slow start costs nothing when the server comes up sooner.
 PREFECT_STARTUP_TIMEOUT_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"

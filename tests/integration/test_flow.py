@@ -218,7 +218,7 @@ def test_failing_stage_fails_flow_with_stderr_after_retries(
     client = MlflowClient(tracking_uri=isolated_env)
     (parent,) = client.search_runs([client.get_experiment_by_name("advreid").experiment_id])
     assert parent.info.status == "FAILED"
-    assert parent.data.params == {"targets": "all", "force": "False", "max_parallel": "1"}
+    assert parent.data.params == {"targets": "all", "force": "False", "max_parallel": "1", "stage_runner": "local"}
 
 
 @pytest.mark.slow
@@ -386,6 +386,16 @@ def test_gpu_template_extends_default_and_references_gpu_count() -> None:
     rendered = manifest["spec"]["template"]["spec"]["containers"][0]
     assert rendered["resources"]["limits"] == {"nvidia.com/gpu": 2}
     assert rendered["image"] == "img:1"
+    assert "volumeMounts" not in rendered and "volumes" not in manifest["spec"]["template"]["spec"]
+    # The fan-out deployment's flow pod: the shared checkout mounted, no GPU.
+    volumes = [{"name": "project", "persistentVolumeClaim": {"claimName": "pvc"}}]
+    mounts = [{"name": "project", "mountPath": "/srv/advreid"}]
+    manifest = apply_values(
+        template["job_configuration"]["job_manifest"], {"gpu_count": 0, "volumes": volumes, "volume_mounts": mounts}
+    )
+    assert manifest["spec"]["template"]["spec"]["volumes"] == volumes
+    rendered = manifest["spec"]["template"]["spec"]["containers"][0]
+    assert rendered["volumeMounts"] == mounts and rendered["resources"]["limits"] == {"nvidia.com/gpu": 0}
 
 
 # --- prefect.yaml deployments ----------------------------------------------------------------------
@@ -423,9 +433,11 @@ def test_prefect_yaml_deploys_offline(tmp_path: Path, prefect_api: str) -> None:
     with get_client(sync_client=True) as client:
         nightly = client.read_deployment_by_name("advreid-pipeline/advreid-nightly")
         gpu = client.read_deployment_by_name("advreid-pipeline/advreid-gpu")
+        fanout = client.read_deployment_by_name("advreid-pipeline/advreid-k8s-fanout")
 
-    assert nightly.entrypoint == gpu.entrypoint == "flows/pipeline.py:pipeline"
-    assert set(nightly.parameter_openapi_schema["properties"]) == {"project_dir", "targets", "force", "max_parallel"}
+    assert nightly.entrypoint == gpu.entrypoint == fanout.entrypoint == "flows/pipeline.py:pipeline"
+    parameters = {"project_dir", "targets", "force", "max_parallel", "stage_runner", "k8s"}
+    assert set(nightly.parameter_openapi_schema["properties"]) == parameters
     assert nightly.work_pool_name == "advreid-process"
     (schedule,) = nightly.schedules
     assert (schedule.schedule.cron, schedule.schedule.timezone) == ("0 2 * * *", "UTC")
@@ -438,6 +450,18 @@ def test_prefect_yaml_deploys_offline(tmp_path: Path, prefect_api: str) -> None:
     assert gpu.job_variables["gpu_count"] == gpu.parameters["max_parallel"] == 2
     assert gpu.job_variables["namespace"] == "advreid" and gpu.job_variables["image"]
     assert gpu.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": "/opt/advreid"}}]
+
+    # Fan-out: a flow pod without a GPU, one GPU Job per stage, all on the same claim at the same path.
+    assert fanout.work_pool_name == "advreid-k8s-gpu" and fanout.schedules == []
+    assert fanout.parameters["stage_runner"] == "k8s" and fanout.job_variables["gpu_count"] == 0
+    stage_jobs, pod = fanout.parameters["k8s"], fanout.job_variables
+    assert (stage_jobs["image"], stage_jobs["namespace"]) == (pod["image"], pod["namespace"])
+    (volume,) = pod["volumes"]
+    (mount,) = pod["volume_mounts"]
+    assert volume["persistentVolumeClaim"]["claimName"] == stage_jobs["claim"] and mount["name"] == volume["name"]
+    (pull,) = fanout.pull_steps
+    assert pull["prefect.deployments.steps.set_working_directory"]["directory"] == mount["mountPath"]
+    assert pod["env"]["ADVREID_ROOT"] == mount["mountPath"]
 
 
 def test_headline_patterns_select_by_file_and_key() -> None:
