@@ -4,6 +4,7 @@ run each case in a fresh subprocess (wall and CPU seconds, peak resident memory,
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -54,11 +55,12 @@ def timed(fn: Callable[[], object]) -> tuple[object, float, float]:
     return out[0], wall, cpu_seconds() - cpu
 
 
-def run_case(module: str, *args: str) -> dict:
-    """Run ``python -m benchmarks.<module> ARGS...`` from the project root; its last stdout line, parsed as JSON."""
+def run_case(module: str, *args: str, env: dict[str, str] | None = None) -> dict:
+    """Run ``python -m benchmarks.<module> ARGS...`` from the project root, with ``env`` added to this process's
+    environment; its last stdout line, parsed as JSON."""
     root = Path(__file__).resolve().parents[1]
     command = [sys.executable, "-m", f"benchmarks.{module}", *args]
-    proc = subprocess.run(command, cwd=root, capture_output=True, text=True)
+    proc = subprocess.run(command, cwd=root, capture_output=True, text=True, env={**os.environ, **(env or {})})
     if proc.returncode != 0:
         raise RuntimeError(f"{module} case {' '.join(args)} failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
