@@ -10,19 +10,15 @@ over its value once the features exist. Run with ``python -m benchmarks bench_ev
 from __future__ import annotations
 
 import json
-import resource
-import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from advreid.reid.metrics import evaluate_rank
 from advreid.reid.reranking import k_reciprocal_rerank
 
-from .common import Measurement, best_time
+from .common import Measurement, peak_rss_mib, run_case, timed
 
 DIM = 2048
 CENTRE_SCALE = 0.3  # identity centres ~ N(0, 0.3^2 I) under unit noise: mAP well between chance and 1
@@ -63,50 +59,24 @@ def synthetic_split(scale: Scale, seed: int = 0, chunk: int = 8192) -> dict[str,
     return out
 
 
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _timed(fn: Callable[[], object]) -> tuple[object, float, float]:
-    """fn's result, wall seconds, CPU seconds over all threads (the honest figure on a shared machine)."""
-    out = []
-    cpu = _cpu_seconds()
-    wall = best_time(lambda: out.append(fn()), repeats=1, warmup=0)
-    return out[0], wall, _cpu_seconds() - cpu
-
-
 def measure(case: str) -> dict[str, float]:
     """Run one case in this process: wall and CPU seconds, peak memory rise (MiB) and the metrics it produced."""
     kind, name = case.split(":")
     data = synthetic_split(SCALES[name])
     args = [data[f"{p}_{f}"] for f in ("features", "labels", "cameras") for p in ("query", "gallery")]
-    base = _peak_rss_mib()
+    base = peak_rss_mib()
     result = {"features_mib": base}
     distance_fn = None
     if kind == "rerank":
-        distance_fn, result["build_s"], result["build_cpu_s"] = _timed(
+        distance_fn, result["build_s"], result["build_cpu_s"] = timed(
             lambda: k_reciprocal_rerank(args[0], args[1], chunk_size=RERANK_CHUNK)
         )
         result["nonzeros"] = float(len(distance_fn.query_cols) + len(distance_fn.gallery_rows))
-    ranks, result["evaluate_s"], result["evaluate_cpu_s"] = _timed(
+    ranks, result["evaluate_s"], result["evaluate_cpu_s"] = timed(
         lambda: evaluate_rank(*args, chunk_size=EVAL_CHUNK, distance_fn=distance_fn)
     )
-    result.update(peak_rise_mib=_peak_rss_mib() - base, mAP=ranks.mAP, rank1=ranks.rank(1))
+    result.update(peak_rise_mib=peak_rss_mib() - base, mAP=ranks.mAP, rank1=ranks.rank(1))
     return result
-
-
-def _in_subprocess(case: str) -> dict[str, float]:
-    root = Path(__file__).resolve().parents[1]
-    command = [sys.executable, "-m", "benchmarks.bench_eval", case]
-    proc = subprocess.run(command, cwd=root, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"bench_eval case {case} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def run() -> list[Measurement]:
@@ -114,7 +84,7 @@ def run() -> list[Measurement]:
     for case in CASES:
         kind, name = case.split(":")
         scale = SCALES[name]
-        res = _in_subprocess(case)
+        res = run_case("bench_eval", case)
         setup = f"{scale.num_query} x {scale.num_gallery} x {DIM}, {torch.get_num_threads()} threads"
         if kind == "rerank":
             setup += f", k1=20 k2=6, chunk {RERANK_CHUNK}, {res['nonzeros']:.0f} non-zeros in V"
