@@ -1,5 +1,6 @@
-"""What a benchmark returns, a timer that repeats a call and keeps the best run, and helpers for benchmarks that
-run each case in a fresh subprocess (wall and CPU seconds, peak resident memory, the case's JSON result)."""
+"""What a benchmark returns, a timer that repeats a call and keeps the best run, one that interleaves calls, and
+helpers for benchmarks that run each case in a fresh subprocess (wall and CPU seconds, peak resident memory, the
+case's JSON result)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -64,3 +65,41 @@ def run_case(module: str, *args: str, env: dict[str, str] | None = None) -> dict
     if proc.returncode != 0:
         raise RuntimeError(f"{module} case {' '.join(args)} failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def interleaved_times(
+    fns: Sequence[Callable[[], object]],
+    repeats: int = 7,
+    warmup: int = 1,
+    clock: Callable[[], float] = time.perf_counter,
+    number: int = 1,
+) -> list[list[float]]:
+    """Seconds per call in ``repeats`` rounds, each calling every function ``number`` times in turn:
+    ``times[round][function]``.
+
+    Adjacent calls share the machine's load of the moment, so ratios taken within a round are steadier on a
+    shared machine than ratios of separately taken minima. ``clock=time.process_time`` counts this process's
+    CPU seconds only, which other processes' load does not inflate (CPU runs; a GPU needs wall time).
+    ``number`` > 1 makes calls of a few milliseconds long enough to time.
+    """
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    rounds = []
+    for _ in range(repeats):
+        times = []
+        for fn in fns:
+            start = clock()
+            for _ in range(number):
+                fn()
+            times.append((clock() - start) / number)
+        rounds.append(times)
+    return rounds
+
+
+def spread(values: Sequence[float]) -> tuple[float, float, float]:
+    """``(min, median, max)`` of ``values``."""
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+    return ordered[0], median, ordered[-1]

@@ -65,7 +65,7 @@ def rbf_kernel(a: Tensor, b: Tensor, bandwidths: Sequence[float] = DEFAULT_BANDW
         raise ValueError(f"kernel inputs must be (N, F) and (M, F), got {tuple(a.shape)} and {tuple(b.shape)}")
     # ||a||^2 + ||b||^2 - 2 a.b avoids an (N, M, F) difference tensor; clamp the rounding below zero
     squared = (a.pow(2).sum(1)[:, None] + b.pow(2).sum(1)[None, :] - 2.0 * a @ b.T).clamp_min(0.0)
-    return sum(torch.exp(-squared / (2.0 * s * s)) for s in bandwidths)
+    return sum(squared.div(-2.0 * s * s).exp() for s in bandwidths)  # x / -c is exactly -x / c: one pass less
 
 
 def mmd_rbf(x: Tensor, y: Tensor, bandwidths: Sequence[float] = DEFAULT_BANDWIDTHS) -> Tensor:

@@ -337,18 +337,22 @@ class DefenseTrainer:
         return {"loss": float(objective) + mse_value, "objective": float(objective), "mse": mse_value}
 
     def _zeroth_order_backward(self, z: Tensor, clean_scores: Tensor) -> Tensor:
-        reference = self.black_box(z.detach())  # B queries: the loss at z, and MMD's reference batch
+        batch, at_z = z.shape[0], []
 
         def loss_fn(queries: Tensor) -> Tensor:
-            return self.objective.per_sample(self.black_box(queries), clean_scores, reference)
+            # the whole step is one black-box call whose block 0 is z itself: its scores are MMD's reference
+            # batch, its losses the objective at z (and RGE's base of every difference)
+            scores = self.black_box(queries)
+            losses = self.objective.per_sample(scores, clean_scores, scores[:batch])
+            at_z.append(losses[:batch])
+            return losses
 
-        base = self.objective.per_sample(reference, clean_scores, reference)
         if self.method.estimator == "rge":
-            grad = rge_gradient(loss_fn, z, self.q, self.mu, self.generator, base_loss=base)  # q more per sample
+            grad = rge_gradient(loss_fn, z, self.q, self.mu, self.generator)  # q + 1 queries per sample
         else:
-            grad = cge_gradient(loss_fn, z, self.mu)  # 2 d more per sample
+            grad = cge_gradient(loss_fn, z, self.mu, with_center=True)  # 2 d + 1 queries per sample
         zo_backward(z, grad)
-        return base.mean()
+        return at_z[0].mean()
 
     @torch.no_grad()
     def objective_value(self, clean: Tensor, clean_scores: Tensor, noisy: Tensor) -> float:

@@ -30,8 +30,9 @@ def rge_gradient(
 
     ``g_b = d / (mu q) * sum_k (l_b(z_b + mu u_k) - l_b(z_b)) u_k`` with ``u_k`` drawn independently
     and uniformly from the unit sphere of R^d, d = numel(z_b) (the d factor goes with unit-sphere
-    directions; Algorithm 4's Gaussian directions would drop it). Costs q + 1 queries per sample,
-    or q when ``base_loss`` is given.
+    directions; Algorithm 4's Gaussian directions would drop it). Costs q + 1 queries per sample in one
+    call whose block 0 is ``z`` itself (so that a ``loss_fn`` needing the black box's outputs at ``z``, like
+    eq. 6.13's MMD reference batch, reads them there), or q when ``base_loss`` is given.
 
     Args:
         loss_fn: ``(N, ...) -> (N,)`` per-sample losses of query points, rows block-major.
@@ -68,7 +69,7 @@ def rge_gradient(
     return grad.reshape(z.shape)
 
 
-def cge_gradient(loss_fn: LossFn, z: Tensor, mu: float = 0.005) -> Tensor:
+def cge_gradient(loss_fn: LossFn, z: Tensor, mu: float = 0.005, with_center: bool = False) -> Tensor:
     """Coordinate-wise gradient estimate (thesis eq. 6.19), per sample of a batch.
 
     ``g_b = sum_j (l_b(z_b + mu e_j) - l_b(z_b - mu e_j)) / (2 mu) e_j``: central differences along
@@ -80,6 +81,9 @@ def cge_gradient(loss_fn: LossFn, z: Tensor, mu: float = 0.005) -> Tensor:
             (the first d blocks are ``+mu e_j``, the next d blocks ``-mu e_j``).
         z: ``(B, ...)`` points at which to estimate, typically a low-dimensional latent.
         mu: finite-difference step (thesis: 0.005).
+        with_center: put ``z`` itself first, as block 0 of the same call (2d + 1 queries per sample), for a
+            ``loss_fn`` that needs the black box's outputs at ``z`` (eq. 6.13's MMD reference batch); the
+            estimate does not use those losses.
 
     Returns:
         ``(B, ...)`` gradient estimates, same shape and dtype as ``z``.
@@ -89,11 +93,15 @@ def cge_gradient(loss_fn: LossFn, z: Tensor, mu: float = 0.005) -> Tensor:
     z = _check_batch(z)
     batch, dim = z.shape[0], z[0].numel()
     flat = z.reshape(batch, dim)
-    steps = mu * torch.eye(dim, device=z.device, dtype=z.dtype)  # (d, d), row j = mu e_j
-    plus = flat[None] + steps[:, None, :]  # (d, B, d)
-    minus = flat[None] - steps[:, None, :]
-    queries = torch.cat([plus, minus]).reshape(-1, *z.shape[1:])  # (2 d B, ...)
-    losses = _call(loss_fn, queries).reshape(2, dim, batch)
+    steps = mu * torch.eye(dim, device=z.device, dtype=z.dtype)[:, None, :]  # (d, 1, d), row j = mu e_j
+    # the query points are written once into the batch the black box receives, [z,] z + mu e_j, then z - mu e_j
+    first = int(with_center)
+    queries = torch.empty((first + 2 * dim, batch, dim), device=z.device, dtype=z.dtype)
+    if with_center:
+        queries[0] = flat
+    torch.add(flat[None], steps, out=queries[first : first + dim])
+    torch.sub(flat[None], steps, out=queries[first + dim :])
+    losses = _call(loss_fn, queries.reshape(-1, *z.shape[1:]))[first * batch :].reshape(2, dim, batch)
     grad = (losses[0] - losses[1]) / (2 * mu)  # (d, B)
     return grad.transpose(0, 1).reshape(z.shape)
 

@@ -111,6 +111,54 @@ def test_rge_fixed_seed_repeats() -> None:
     assert torch.equal(first, again)
 
 
+def _rge_by_loops(loss_fn, z: torch.Tensor, q: int, mu: float, generator: torch.Generator) -> torch.Tensor:
+    """Eq. 6.16 written out as in Zhang et al. 2022's training loop: one direction at a time, one query per
+    sample and direction, the sum accumulated in Python; the directions are drawn as one (q, B, d) tensor so
+    that a seeded generator gives both implementations the same u_k."""
+    batch, dim = z.shape[0], z[0].numel()
+    gaussian = torch.randn((q, batch, dim), generator=generator, dtype=z.dtype)
+    estimate = torch.zeros(batch, dim, dtype=z.dtype)
+    for b in range(batch):
+        point = z[b].reshape(dim)
+        base = loss_fn(point[None])[0]
+        for k in range(q):
+            u = gaussian[k, b] / gaussian[k, b].norm()
+            estimate[b] += (dim / q) * (loss_fn((point + mu * u)[None])[0] - base) / mu * u
+    return estimate.reshape(z.shape)
+
+
+@pytest.mark.parametrize(("q", "mu"), [(1, 0.005), (7, 0.005), (40, 0.3)])
+def test_rge_equals_the_loop_form_with_the_same_directions(q: int, mu: float) -> None:
+    gen = torch.Generator().manual_seed(11)
+    a = torch.randn(DIM, DIM, generator=gen, dtype=torch.float64) / DIM**0.5
+    z = torch.randn(3, 2, 3, generator=gen, dtype=torch.float64)  # non-flat samples: d = 6
+    loss = _CountingLoss(a)
+    batched = rge_gradient(loss, z, q=q, mu=mu, generator=torch.Generator().manual_seed(q))
+    looped = _rge_by_loops(loss, z, q, mu, torch.Generator().manual_seed(q))
+    assert loss.calls[0] == (q + 1) * 3  # the batched form: one call
+    assert torch.allclose(batched, looped, rtol=1e-9, atol=1e-12)
+    other = rge_gradient(loss, z, q=q, mu=mu, generator=torch.Generator().manual_seed(q + 100))
+    assert not torch.allclose(other, looped)  # the comparison can fail: other directions, other estimate
+
+
+def test_cge_with_center_queries_z_first_in_the_same_call_and_keeps_the_estimate() -> None:
+    a, z = _problem(batch=4)
+    loss = _CountingLoss(a)
+    seen: list[torch.Tensor] = []
+
+    def recording(queries: torch.Tensor) -> torch.Tensor:
+        seen.append(queries.clone())
+        return loss(queries)
+
+    with_center = cge_gradient(recording, z, mu=0.01, with_center=True)
+    assert torch.equal(with_center, cge_gradient(loss, z, mu=0.01))
+    assert loss.calls == [(2 * DIM + 1) * 4, 2 * DIM * 4]
+    rows = seen[0].reshape(2 * DIM + 1, 4, DIM)
+    assert torch.equal(rows[0], z)
+    assert torch.allclose(rows[1 + 2] - z, 0.01 * torch.eye(DIM, dtype=z.dtype)[2].expand(4, DIM))  # + mu e_2
+    assert torch.allclose(rows[1 + DIM + 2] - z, -0.01 * torch.eye(DIM, dtype=z.dtype)[2].expand(4, DIM))
+
+
 @pytest.mark.parametrize("mu", [0.5, 0.005])
 def test_cge_equals_the_central_difference_closed_form(mu: float) -> None:
     # (sin(z + mu) - sin(z - mu)) / (2 mu) = cos(z) sin(mu) / mu; quadratics are differenced exactly
