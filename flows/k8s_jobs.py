@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import fnmatch
 import json
 import re
 import secrets
@@ -45,7 +46,8 @@ class JobSettings:
     """``pipeline.k8s`` of params.yaml: what every stage Job gets.
 
     ``cpus`` is the Job's CPU request and limit and its thread budget (OpenMP, MKL, OpenBLAS), as a local
-    slot's share of the cores; ``template`` is relative to the project directory (default: the one next to
+    slot's share of the cores; ``cpu_only`` are stage-name patterns (fnmatch, e.g. ``*report*``) whose Jobs
+    request no GPU (``gpus`` 0); ``template`` is relative to the project directory (default: the one next to
     this module); ``poll_seconds`` is how often the flow asks a running Job's status.
     """
 
@@ -55,6 +57,7 @@ class JobSettings:
     gpus: int = 1
     cpus: int = 4
     memory: str = "16Gi"
+    cpu_only: tuple[str, ...] = ()
     template: str = ""
     kubectl: str = "kubectl"
     poll_seconds: float = 5.0
@@ -85,7 +88,7 @@ def job_settings(
             raise ValueError(f"{params_file}: pipeline.k8s.{key} is not a setting; expected one of {sorted(fields)}")
         if (expected := _invalid(key, value)) is not None:
             raise ValueError(f"{params_file}: pipeline.k8s.{key} must be {expected}, got {value!r}")
-    settings = JobSettings(**values)
+    settings = JobSettings(**{**values, "cpu_only": tuple(values.get("cpu_only", ()))})
     if shutil.which(settings.kubectl) is None:
         raise ValueError(f"{params_file}: pipeline.k8s.kubectl {settings.kubectl!r} is not on PATH")
     root = str(params_file.parent)
@@ -101,6 +104,9 @@ def _invalid(key: str, value: Any) -> str | None:
         return None if number and isinstance(value, int) and value >= least else f"an integer >= {least}"
     if key == "poll_seconds":
         return None if number and value > 0 else "a positive number"
+    if key == "cpu_only":
+        valid = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+        return None if valid else "a list of stage-name patterns"
     return None if isinstance(value, str) else "a string"
 
 
@@ -146,7 +152,7 @@ def job_manifest(
         "image": settings.image,
         "namespace": settings.namespace,
         "claim": settings.claim,
-        "gpus": settings.gpus,
+        "gpus": gpus_for(settings, stage),
         "cpus": settings.cpus,
         "memory": settings.memory,
     }
@@ -154,6 +160,11 @@ def job_manifest(
     if unknown:
         raise ValueError(f"{path}: unknown placeholder(s) {unknown}; the flow fills {sorted(values)}")
     return apply_values(template, values)
+
+
+def gpus_for(settings: JobSettings, stage: str) -> int:
+    """The GPUs ``stage``'s Job requests: none when a ``cpu_only`` pattern matches its name."""
+    return 0 if any(fnmatch.fnmatchcase(stage, pattern) for pattern in settings.cpu_only) else settings.gpus
 
 
 class KubectlFailed(RuntimeError):

@@ -109,7 +109,8 @@ def test_settings_come_from_params_with_overrides_and_name_a_bad_key(kubectl: Pa
         k8s_jobs.job_settings({"stage_runner": "slurm"}, None, None, Path("p.yaml"))
     with pytest.raises(ValueError, match=r"p.yaml: pipeline.k8s.gpu is not a setting"):
         k8s_jobs.job_settings({"k8s": {"gpu": 1}}, "k8s", None, Path("p.yaml"))
-    for key, value in (("gpus", -1), ("gpus", True), ("cpus", 0), ("poll_seconds", 0), ("image", 3)):
+    for key, value in (("gpus", -1), ("gpus", True), ("cpus", 0), ("poll_seconds", 0), ("image", 3),
+                       ("cpu_only", "claims"), ("cpu_only", [1])):  # fmt: skip
         with pytest.raises(ValueError, match=rf"pipeline.k8s.{key} must be"):
             k8s_jobs.job_settings({}, "k8s", {key: value}, Path("p.yaml"))
     with pytest.raises(ValueError, match=r"pipeline.k8s.kubectl 'no-such-kubectl' is not on PATH"):
@@ -156,6 +157,13 @@ def test_manifest_requests_one_gpu_runs_the_command_and_mounts_the_project(kubec
         "MLFLOW_TRACKING_URI": "http://mlflow:5000",
         **dict.fromkeys(("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "ADVREID_THREADS"), "3"),
     }
+    # stages matched by cpu_only request no GPU
+    cpu_only = _settings(cpu_only=["*report*", "ingest@*"])
+    for stage, gpus in (("ingest@demo_b", 0), ("defense_report", 0), ("train_reid@small_cnn", 1), ("ingest", 1)):
+        job = k8s_jobs.job_manifest(
+            cpu_only, name=name, stage=stage, command="true", working_dir="/p", project_dir="/p", env={}
+        )
+        assert job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == gpus
     long_name = k8s_jobs.job_name("x" * 80 + "@y")
     assert len(long_name) <= 63 and DNS_1123.fullmatch(long_name)
 
