@@ -95,16 +95,20 @@ def plan_stages(project_dir: str | os.PathLike, targets: list[str] | None = None
 def build_plan(project_dir: str | os.PathLike, targets: list[str] | None = None) -> Plan:
     """:func:`plan_stages` plus each stage's upstream stages, commands and whether it is stale now."""
     with open_repo(project_dir, lock=True) as repo:
-        stages, graph = _collect_plan(repo, targets)
-        names = {stage.addressing for stage in stages}
-        plan = Plan(stages=[stage.addressing for stage in stages])
-        for stage in stages:
-            plan.upstream[stage.addressing] = [s.addressing for s in graph.successors(stage) if s.addressing in names]
-            plan.commands[stage.addressing] = _commands(stage)
-            # A frozen stage is never run by `dvc repro`; its outputs are only verified.
-            if not stage.frozen and stage.changed():
-                plan.stale.add(stage.addressing)
-        return plan
+        return _plan_of(repo, targets)
+
+
+def _plan_of(repo: Any, targets: list[str] | None) -> Plan:
+    stages, graph = _collect_plan(repo, targets)
+    names = {stage.addressing for stage in stages}
+    plan = Plan(stages=[stage.addressing for stage in stages])
+    for stage in stages:
+        plan.upstream[stage.addressing] = [s.addressing for s in graph.successors(stage) if s.addressing in names]
+        plan.commands[stage.addressing] = _commands(stage)
+        # A frozen stage is never run by `dvc repro`; its outputs are only verified.
+        if not stage.frozen and stage.changed():
+            plan.stale.add(stage.addressing)
+    return plan
 
 
 def _commands(stage: Any) -> list[str]:
@@ -148,7 +152,11 @@ def headline_metrics(project_dir: str | os.PathLike) -> dict[str, float]:
     not part of this run) is skipped, where ``dvc.api.metrics_show`` would fail.
     """
     with open_repo(project_dir) as repo:
-        files = repo.metrics.show().get("", {}).get("data", {})
+        return _metrics_of(repo)
+
+
+def _metrics_of(repo: Any) -> dict[str, float]:
+    files = repo.metrics.show().get("", {}).get("data", {})
     merged = {
         f"{name}:{key}": value
         for name, entry in files.items()
@@ -214,9 +222,12 @@ def cli(argv: Sequence[str] | None, run_flow: Callable[[argparse.Namespace, Plan
     root = apply_environment(Path(args.project_dir))
     if args.force:
         return run_flow(args, None)
-    plan = build_plan(root, args.targets)
-    if plan.stale:
+    # One DVC repository (one index) for the status and, when nothing is stale, the summary's metrics.
+    with open_repo(root, lock=True) as repo:
+        plan = _plan_of(repo, args.targets)
+        metrics = None if plan.stale else _metrics_of(repo)
+    if metrics is None:
         return run_flow(args, plan)
     records = [StageRecord(stage=stage, status="up-to-date", seconds=0.0) for stage in plan.stages]
-    print(format_summary(records, headline(headline_metrics(root), headline_patterns(root))))
+    print(format_summary(records, headline(metrics, headline_patterns(root))))
     return 0
