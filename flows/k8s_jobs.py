@@ -29,9 +29,9 @@ from typing import Any
 import yaml
 from prefect.utilities.templating import apply_values, find_placeholders
 
+from advreid.pipeline_plan import STAGE_RUNNERS
 from advreid.settings import THREAD_ENV
 
-STAGE_RUNNERS = ("local", "k8s")
 TEMPLATE = Path(__file__).with_name("k8s-stage-job.yaml")
 CONTAINER = "stage"  # the container of the template whose exit code is the stage's
 LOG_TAIL_LINES = 40

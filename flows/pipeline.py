@@ -10,6 +10,11 @@ With ``--stage-runner k8s`` each stage command runs as its own Kubernetes Job in
 
     python flows/pipeline.py [--project-dir DIR] [--targets STAGE ...] [--force] [--max-parallel N]
                              [--stage-runner {local,k8s}]
+
+Run as a script, this file first asks DVC for the plan (:mod:`advreid.pipeline_plan`, Prefect- and
+MLflow-free): an up-to-date pipeline prints its summary and exits 0 there, before Prefect is imported;
+otherwise the file is imported as a module and :func:`planned_pipeline` runs that plan. Deployments
+(prefect.yaml) run :func:`pipeline`, which computes the plan itself.
 """
 
 from __future__ import annotations
@@ -17,31 +22,57 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import fnmatch
+import importlib.util
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal
 
-import yaml
-
+from advreid.pipeline_plan import (
+    Plan,
+    StageRecord,
+    build_plan,
+    cli,
+    collect_stage,
+    format_summary,
+    headline,
+    headline_metrics,
+    headline_patterns,
+    max_parallel_param,
+    open_repo,
+    pipeline_params,
+    stage_is_up_to_date,
+)
 from advreid.settings import PREFECT_STARTUP_TIMEOUT_ENV, THREAD_ENV, apply_environment, quiet_tools
+from advreid.tracking.metric_keys import metric_name
+
+
+def _flow_module() -> Any:
+    """This file imported as a module, for the command line once a stage is stale (run as a script, it
+    stopped below, before Prefect was imported)."""
+    spec = importlib.util.spec_from_file_location("advreid_pipeline_flow", __file__)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+if __name__ == "__main__":
+    # An up-to-date pipeline is answered from DVC's status alone, without importing Prefect or MLflow.
+    sys.exit(cli(sys.argv[1:], lambda args, plan: _flow_module().run_cli(args, plan)))
 
 quiet_tools()  # before Prefect is imported: it reads its logging settings at import time
 
 from prefect import flow, task  # noqa: E402
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.futures import as_completed  # noqa: E402
-
-from advreid.tracking.mlflow_run import log_parent_lock, numeric_leaves, parent_run  # noqa: E402
 
 try:  # a module of the `flows` package (tests, Prefect) or, run as `python flows/pipeline.py`, a sibling script
     from flows import k8s_jobs
@@ -58,12 +89,6 @@ RETRY_DELAY_SECONDS = 30
 EXIT_BAD_INPUT = 2
 # Seconds a stopped stage gets between SIGTERM and SIGKILL when another stage failed.
 STOP_GRACE_SECONDS = 10
-
-
-class StageRecord(TypedDict):
-    stage: str
-    status: Literal["ran", "restored", "up-to-date", "failed", "stopped"]
-    seconds: float
 
 
 class StageFailed(RuntimeError):
@@ -95,94 +120,6 @@ def _retry_condition(task: Any, task_run: Any, state: Any) -> bool:
     return should_retry(error.returncode) if isinstance(error, StageFailed) else True
 
 
-@contextlib.contextmanager
-def _open_repo(project_dir: str | os.PathLike, lock: bool = False) -> Iterator[Any]:
-    """DVC's Repo for ``project_dir``, with the working directory there while it is open.
-
-    DVC resolves targets (``dvc.yaml``, stage names) and names stages relative to the working
-    directory, as its CLI does. Every DVC call of the flow goes through here under :data:`_DVC_LOCK`,
-    so the chdir is safe while stage processes run in other threads. With ``lock``, DVC's repository lock
-    is held too (DVC's stage methods assert it), which also keeps a concurrent ``dvc`` command out.
-    """
-    from dvc.repo import Repo
-
-    with _DVC_LOCK, contextlib.chdir(project_dir), Repo(os.curdir) as repo:
-        if not lock:
-            yield repo
-            return
-        with repo.lock:
-            yield repo
-
-
-_DVC_LOCK = threading.RLock()
-
-
-@dataclass
-class Plan:
-    """The stages ``dvc repro`` would visit, in its order, with their direct upstream stages and the ones
-    DVC reports stale now (one status pass over the whole plan)."""
-
-    stages: list[str]
-    upstream: dict[str, list[str]] = field(default_factory=dict)
-    stale: set[str] = field(default_factory=set)
-    commands: dict[str, list[str]] = field(default_factory=dict)
-
-
-def _collect_plan(repo: Any, targets: list[str] | None) -> tuple[list[Any], Any]:
-    from dvc.dvcfile import PROJECT_FILE
-    from dvc.repo.reproduce import collect_stages, get_active_graph, plan_repro
-
-    # DVC's own planner, so the order is exactly the one `dvc repro` would follow.
-    graph = get_active_graph(repo.index.graph)
-    plan = plan_repro(graph, collect_stages(repo, targets or [PROJECT_FILE]))
-    # `dvc add`-ed data (.dvc files) are graph nodes too, but there is nothing to reproduce.
-    return [stage for stage in plan if not stage.is_data_source], graph
-
-
-def plan_stages(project_dir: str | os.PathLike, targets: list[str] | None = None) -> list[str]:
-    """Stage names in the order ``dvc repro`` runs them, dependencies first.
-
-    foreach/matrix entries come out resolved (``ingest@market1501``). With ``targets`` (relative to
-    ``project_dir``) only those stages and their upstream stages are planned; without, every stage of
-    the root ``dvc.yaml``, as a bare ``dvc repro`` does. Raises DVC's ``StageNotFound`` for an
-    unknown target.
-    """
-    with _open_repo(project_dir) as repo:
-        stages, _ = _collect_plan(repo, targets)
-        return [stage.addressing for stage in stages]
-
-
-def build_plan(project_dir: str | os.PathLike, targets: list[str] | None = None) -> Plan:
-    """:func:`plan_stages` plus each stage's upstream stages, commands and whether it is stale now."""
-    with _open_repo(project_dir, lock=True) as repo:
-        stages, graph = _collect_plan(repo, targets)
-        names = {stage.addressing for stage in stages}
-        plan = Plan(stages=[stage.addressing for stage in stages])
-        for stage in stages:
-            plan.upstream[stage.addressing] = [s.addressing for s in graph.successors(stage) if s.addressing in names]
-            plan.commands[stage.addressing] = _commands(stage)
-            # A frozen stage is never run by `dvc repro`; its outputs are only verified.
-            if not stage.frozen and stage.changed():
-                plan.stale.add(stage.addressing)
-        return plan
-
-
-def _commands(stage: Any) -> list[str]:
-    return list(stage.cmd) if isinstance(stage.cmd, list) else str(stage.cmd or "").splitlines()
-
-
-def _stage(repo: Any, name: str) -> Any:
-    (stage,) = repo.stage.collect(name)
-    return stage
-
-
-def stage_is_up_to_date(project_dir: str | os.PathLike, stage: str) -> bool:
-    """True when DVC reports nothing changed for ``stage`` (deps, params, outs, command), or it is frozen."""
-    with _open_repo(project_dir, lock=True) as repo:
-        found = _stage(repo, stage)
-        return found.frozen or not found.changed()
-
-
 def prepare_stage(project_dir: str | os.PathLike, stage: str, force: bool) -> dict[str, Any] | None:
     """What ``dvc repro`` does before a stage's command: remove its non-persistent outs and, unless
     ``force``, restore it from DVC's run cache. Returns the command's ``subprocess`` arguments (cwd and
@@ -190,8 +127,8 @@ def prepare_stage(project_dir: str | os.PathLike, stage: str, force: bool) -> di
     from dvc.stage.cache import RunCacheNotFoundError
     from dvc.stage.run import prepare_kwargs
 
-    with _open_repo(project_dir, lock=True) as repo:
-        found = _stage(repo, stage)
+    with open_repo(project_dir, lock=True) as repo:
+        found = collect_stage(repo, stage)
         found.remove_outs(ignore_remove=False, force=False)
         if not force:
             try:
@@ -206,8 +143,8 @@ def prepare_stage(project_dir: str | os.PathLike, stage: str, force: bool) -> di
 def commit_stage(project_dir: str | os.PathLike, stage: str) -> None:
     """What ``dvc repro`` does after a stage's command: hash deps and outs, save the run cache, move the
     outs into DVC's cache and write the stage's entry of ``dvc.lock``."""
-    with _open_repo(project_dir, lock=True) as repo:
-        _record(_stage(repo, stage))
+    with open_repo(project_dir, lock=True) as repo:
+        _record(collect_stage(repo, stage))
 
 
 def _record(stage: Any) -> None:
@@ -317,22 +254,6 @@ def slot_environment(slot: int, max_parallel: int, gpus: Sequence[str], cpus: in
     return env
 
 
-def max_parallel_param(project_dir: str | os.PathLike) -> int:
-    """``pipeline.max_parallel`` of the project's params.yaml (default 1: one stage at a time, as DVC)."""
-    value = _pipeline_params(project_dir).get("max_parallel", 1)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"{Path(project_dir) / 'params.yaml'}: pipeline.max_parallel must be an integer >= 1, got {value!r}"
-        )
-    return value
-
-
-def _pipeline_params(project_dir: str | os.PathLike) -> dict[str, Any]:
-    path = Path(project_dir) / "params.yaml"
-    params = yaml.safe_load(path.read_text()) if path.is_file() else None
-    return (params or {}).get("pipeline") or {}
-
-
 def preflight(project_dir: str | os.PathLike, commands: Sequence[str]) -> None:
     """``advreid check`` before anything is touched, when any command to run is an ``advreid`` stage:
     a bad param then fails the flow with every previous output intact. Raises ``PreflightFailed``."""
@@ -347,63 +268,10 @@ def preflight(project_dir: str | os.PathLike, commands: Sequence[str]) -> None:
         )
 
 
-def headline_metrics(project_dir: str | os.PathLike) -> dict[str, float]:
-    """Numeric metrics of the workspace's DVC metrics files, named ``<file>:<nested.key>``.
-
-    Characters MLflow rejects are replaced by ``_``. A metrics file that does not exist yet (its stage was
-    not part of this run) is skipped, where ``dvc.api.metrics_show`` would fail.
-    """
-    with _open_repo(project_dir) as repo:
-        files = repo.metrics.show().get("", {}).get("data", {})
-    merged = {
-        f"{name}:{key}": value
-        for name, entry in files.items()
-        if "error" not in entry and "data" in entry
-        for key, value in numeric_leaves(entry["data"]).items()
-    }
-    return {metric_name(name): value for name, value in merged.items()}
+FLOW_NAME = "advreid-pipeline"
 
 
-def metric_name(name: str) -> str:
-    """``name`` with the characters MLflow rejects in metric names (``@`` of foreach stages, ...) as ``_``."""
-    return re.sub(r"[^/\w.\- :]", "_", name)
-
-
-# Used when params.yaml has no `pipeline.headline`: every metric whose last key is one of these.
-DEFAULT_HEADLINE = ("*.rank1", "*.mAP", "*.sca", "*.accuracy", "*.detection_rate")
-
-
-def headline(metrics: Mapping[str, float], patterns: Sequence[str] = DEFAULT_HEADLINE) -> dict[str, float]:
-    """The metrics a person wants to see at the end of a run: names matching any ``fnmatch`` pattern.
-
-    A pattern with a ``file:`` part (``reports/metrics/pose/*.json:evaluation.pck_0.2.overall``) matches
-    the whole name of :func:`headline_metrics`; a pattern without one matches the key alone.
-    """
-
-    def matches(name: str, pattern: str) -> bool:
-        return fnmatch.fnmatchcase(name if ":" in pattern else name.rsplit(":", 1)[-1], pattern)
-
-    return {name: value for name, value in metrics.items() if any(matches(name, p) for p in patterns)}
-
-
-def headline_patterns(project_dir: str | os.PathLike) -> tuple[str, ...]:
-    """``pipeline.headline`` of the project's params.yaml, or :data:`DEFAULT_HEADLINE`."""
-    patterns = _pipeline_params(project_dir).get("headline")
-    return tuple(patterns) if patterns else DEFAULT_HEADLINE
-
-
-def format_summary(records: list[StageRecord], metrics: Mapping[str, float]) -> str:
-    """A plain-text table: one row per stage (status, seconds), then one row per headline metric."""
-    width = max([len("stage"), *(len(r["stage"]) for r in records), *(len(m) for m in metrics)])
-    lines = [f"{'stage':<{width}}  {'status':<10}  {'seconds':>8}"]
-    lines += [f"{r['stage']:<{width}}  {r['status']:<10}  {r['seconds']:>8.2f}" for r in records]
-    if metrics:
-        lines += ["", f"{'metric':<{width}}  value"]
-        lines += [f"{name:<{width}}  {value:.6g}" for name, value in sorted(metrics.items())]
-    return "\n".join(lines)
-
-
-@flow(name="advreid-pipeline")
+@flow(name=FLOW_NAME)
 def pipeline(
     project_dir: str = ".", targets: list[str] | None = None, force: bool = False, max_parallel: int | None = None,
     stage_runner: Literal["local", "k8s"] | None = None, k8s: dict[str, Any] | None = None,
@@ -418,9 +286,29 @@ def pipeline(
     recorded in dvc.lock) and fails the flow with its stderr tail.
     """
     root = apply_environment(Path(project_dir))
+    return _run_pipeline(root, build_plan(root, targets), targets, force, max_parallel, stage_runner, k8s)
+
+
+@flow(name=FLOW_NAME)
+def planned_pipeline(
+    plan: Plan, project_dir: str = ".", targets: list[str] | None = None, max_parallel: int | None = None,
+    stage_runner: Literal["local", "k8s"] | None = None, k8s: dict[str, Any] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """:func:`pipeline` without ``force`` on the ``plan`` the command line computed for ``targets``
+    (:func:`advreid.pipeline_plan.cli`), so DVC's status is asked once per run. The flow run shows the plan."""
+    root = apply_environment(Path(project_dir))
+    return _run_pipeline(root, plan, targets, False, max_parallel, stage_runner, k8s)
+
+
+def _run_pipeline(
+    root: Path, plan: Plan, targets: list[str] | None, force: bool, max_parallel: int | None,
+    stage_runner: Literal["local", "k8s"] | None, k8s: dict[str, Any] | None,
+) -> dict[str, Any]:  # fmt: skip
+    # MLflow only once there is a run to track (its import costs seconds).
+    from advreid.tracking.mlflow_run import log_parent_lock, parent_run
+
     parallel = max_parallel or max_parallel_param(root)
-    job = k8s_jobs.job_settings(_pipeline_params(root), stage_runner, k8s, root / "params.yaml")
-    plan = build_plan(root, targets)
+    job = k8s_jobs.job_settings(pipeline_params(root), stage_runner, k8s, root / "params.yaml")
     to_run = plan.stages if force else sorted(plan.stale)
     records: dict[str, StageRecord] = {}
     failure: BaseException | None = None
@@ -542,30 +430,19 @@ STARTUP_ADVICE = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run the advreid DVC pipeline as a Prefect flow.")
-    parser.add_argument("--project-dir", default=".", help="the DVC project (default: current directory)")
-    parser.add_argument("--targets", nargs="+", help="stages to reproduce, with their upstream stages")
-    parser.add_argument("--force", action="store_true", help="reproduce even stages DVC reports up to date")
-    parser.add_argument("--max-parallel", type=int, help="stages at once (default: pipeline.max_parallel)")
-    parser.add_argument(
-        "--stage-runner", choices=k8s_jobs.STAGE_RUNNERS, help="local processes or one Kubernetes Job per stage "
-        "(default: pipeline.stage_runner, settings in pipeline.k8s)",
-    )  # fmt: skip
-    args = parser.parse_args(argv)
-    # Before the flow starts: Prefect's ephemeral API reads PREFECT_HOME when it starts up.
-    root = apply_environment(Path(args.project_dir))
-    if not args.force:
-        plan = build_plan(root, args.targets)
-        if not plan.stale:
-            # Nothing to run: no Prefect server start, no MLflow run (they cost ~20 s on a loaded machine).
-            records = [StageRecord(stage=stage, status="up-to-date", seconds=0.0) for stage in plan.stages]
-            print(format_summary(records, headline(headline_metrics(root), headline_patterns(root))))
-            return 0
+    """The command line (``python flows/pipeline.py`` runs the same through :func:`_flow_module`)."""
+    return cli(argv, run_cli)
+
+
+def run_cli(args: argparse.Namespace, plan: Plan | None) -> int:
+    """Run the flow for :func:`advreid.pipeline_plan.cli` (``plan`` is None with ``--force``); the exit status."""
+    options = {"project_dir": args.project_dir, "targets": args.targets, "max_parallel": args.max_parallel}
+    options["stage_runner"] = args.stage_runner
     try:
-        pipeline(
-            project_dir=args.project_dir, targets=args.targets, force=args.force, max_parallel=args.max_parallel,
-            stage_runner=args.stage_runner,
-        )  # fmt: skip
+        if plan is None:
+            pipeline(force=args.force, **options)
+        else:
+            planned_pipeline(plan, **options)
     except PreflightFailed as exc:
         print(exc, file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -578,7 +455,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{exc}\n{STARTUP_ADVICE}", file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,7 +16,9 @@ import pytest
 import yaml
 from flows import pipeline as pipeline_module
 
+from advreid import pipeline_plan
 from advreid.io import md5_file
+from advreid.tracking import metric_keys
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "flows" / "k8s-gpu-base-job-template.json"
@@ -38,6 +40,7 @@ STAGE_SCRIPTS = {
         "    run.log_metrics({'score': 2.5})\n"
     ),
     "c.py": "from pathlib import Path\nPath('c.txt').write_text('gamma\\n')\n",
+    "m.py": "import json\njson.dump({'cmc': {'rank1': 0.75}, 'loss': 0.5}, open('m.json', 'w'))\n",
     "bad.py": (
         "import sys\n"
         "from pathlib import Path\n"
@@ -121,18 +124,18 @@ def test_plan_follows_dvc_graph_and_targets(tmp_path: Path, isolated_env: str) -
     }
     project = make_project(tmp_path / "proj", stages)
 
-    plan = pipeline_module.plan_stages(project)
+    plan = pipeline_plan.plan_stages(project)
     assert sorted(plan) == ["a", "b", "c", "d@x", "d@y"]
     for dependent in ("b", "d@x", "d@y"):  # every stage after the stage producing its dep
         assert plan.index("a") < plan.index(dependent)
 
-    assert pipeline_module.plan_stages(project, ["b"]) == ["a", "b"]
-    assert pipeline_module.plan_stages(project, ["d@y"]) == ["a", "d@y"]
-    assert pipeline_module.plan_stages(project, ["c"]) == ["c"]
+    assert pipeline_plan.plan_stages(project, ["b"]) == ["a", "b"]
+    assert pipeline_plan.plan_stages(project, ["d@y"]) == ["a", "d@y"]
+    assert pipeline_plan.plan_stages(project, ["c"]) == ["c"]
     from dvc.stage.exceptions import StageNotFound
 
     with pytest.raises(StageNotFound, match="nope"):
-        pipeline_module.plan_stages(project, ["nope"])
+        pipeline_plan.plan_stages(project, ["nope"])
 
 
 # --- the flow ----------------------------------------------------------------------------------------
@@ -255,7 +258,7 @@ def test_retry_rule_and_slot_environment() -> None:
 def test_metric_names_of_foreach_stages_are_valid_for_mlflow() -> None:
     from mlflow.utils.validation import _validate_metric_name
 
-    name = pipeline_module.metric_name("seconds.ingest@demo_b")
+    name = metric_keys.metric_name("seconds.ingest@demo_b")
     assert name == "seconds.ingest_demo_b"
     _validate_metric_name(name)  # raises on a name MLflow would refuse
 
@@ -265,17 +268,85 @@ def test_up_to_date_pipeline_starts_no_flow(
 ) -> None:
     project = make_project(tmp_path / "proj", {"a": _stage("a.py", [], ["a.txt"]), "c": _stage("c.py", [], ["c.txt"])})
     subprocess.run([sys.executable, "-m", "dvc", "repro", "-q"], cwd=project, check=True)
+    handed: list[pipeline_plan.Plan] = []
 
-    def no_flow(**kwargs):
+    def no_flow(plan, **kwargs):
+        handed.append(plan)
         raise AssertionError("the Prefect flow started for an up-to-date pipeline")
 
-    monkeypatch.setattr(pipeline_module, "pipeline", no_flow)
+    monkeypatch.setattr(pipeline_module, "planned_pipeline", no_flow)
     assert pipeline_module.main(["--project-dir", str(project)]) == 0
     rows = [line.split()[:2] for line in capsys.readouterr().out.splitlines()]
     assert ["a", "up-to-date"] in rows and ["c", "up-to-date"] in rows
     (project / "c.py").write_text((project / "c.py").read_text() + "# changed\n")  # now c is stale
     with pytest.raises(AssertionError, match="flow started"):
         pipeline_module.main(["--project-dir", str(project)])
+    # The flow gets the command line's one status pass, not a second one of its own.
+    assert [(plan.stages, plan.stale) for plan in handed] == [(["a", "c"], {"c"})]
+
+
+# Runs flows/pipeline.py as `python flows/pipeline.py` does, then writes its exit code and which of the
+# heavy packages it imported to the file named last.
+NOOP_PROBE = """
+import json, runpy, sys
+flow_file, project, report = sys.argv[1:]
+sys.argv = [flow_file, "--project-dir", project]
+code = None
+try:
+    runpy.run_path(flow_file, run_name="__main__")
+except SystemExit as exit_:
+    code = exit_.code
+imported = sorted({name.split(".")[0] for name in sys.modules} & {"prefect", "mlflow"})
+with open(report, "w") as f:
+    json.dump({"exit": code, "imported": imported}, f)
+"""
+
+
+def test_no_op_command_line_imports_neither_prefect_nor_mlflow(tmp_path: Path, isolated_env: str) -> None:
+    stages = {
+        "a": _stage("a.py", [], ["a.txt"]),
+        "m": _stage("m.py", ["a.txt"], [], metrics=["m.json"]),
+        "c": _stage("c.py", [], ["c.txt"]),
+    }
+    project = make_project(tmp_path / "proj", stages)
+    subprocess.run([sys.executable, "-m", "dvc", "repro", "-q"], cwd=project, check=True)
+    prefect_home = tmp_path / "prefect-home"
+    env = {**os.environ, "PREFECT_HOME": str(prefect_home)}
+    report = tmp_path / "probe.json"
+    proc = subprocess.run(
+        [sys.executable, "-c", NOOP_PROBE, str(ROOT / "flows" / "pipeline.py"), str(project), str(report)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(report.read_text()) == {"exit": 0, "imported": []}
+    assert not prefect_home.exists()  # no Prefect server, not even its home directory
+    rows = [line.split() for line in proc.stdout.splitlines()]
+    assert rows[0] == ["stage", "status", "seconds"]
+    assert {row[0]: row[1:] for row in rows[1:4]} == dict.fromkeys("amc", ["up-to-date", "0.00"])
+    # The headline metric (default pattern *.rank1) from the metrics file; `loss` is not a headline.
+    assert ["m.json:cmc.rank1", "0.75"] in rows and not any(row[0] == "m.json:loss" for row in rows if row)
+
+
+@pytest.mark.slow
+def test_stale_command_line_runs_the_flow_on_its_plan(
+    tmp_path: Path, isolated_env: str, prefect_api: str, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    project = make_project(tmp_path / "proj", {"a": _stage("a.py", [], ["a.txt"]), "c": _stage("c.py", [], ["c.txt"])})
+    subprocess.run([sys.executable, "-m", "dvc", "repro", "-q", "a"], cwd=project, check=True)  # c is stale
+
+    def second_status(*args, **kwargs):
+        raise AssertionError("the flow asked DVC for the plan again")
+
+    monkeypatch.setattr(pipeline_module, "build_plan", second_status)  # the flow's name; the CLI's is unpatched
+    assert pipeline_module.main(["--project-dir", str(project)]) == 0
+    rows = [line.split()[:2] for line in capsys.readouterr().out.splitlines()]
+    assert ["a", "up-to-date"] in rows and ["c", "ran"] in rows
+    assert (project / "c.txt").read_text() == "gamma\n"
+    status = subprocess.run([sys.executable, "-m", "dvc", "status", "-q"], cwd=project)
+    assert status.returncode == 0  # DVC itself sees every stage up to date
 
 
 def test_startup_timeout_error_says_what_to_do(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
@@ -465,14 +536,12 @@ def test_prefect_yaml_deploys_offline(tmp_path: Path, prefect_api: str) -> None:
 
 
 def test_headline_patterns_select_by_file_and_key() -> None:
-    from flows.pipeline import headline
-
     metrics = {
         "reports/metrics/reid/eval_a.json:demo_b.rank1": 0.1,
         "reports/metrics/attack_report.json:transfer.a-b.pgd.rank1": 0.2,
         "reports/metrics/pose/x.json:estimator.detection_rate": 0.9,
     }
-    chosen = headline(metrics, ["reports/metrics/reid/eval_*.json:*.rank1", "*.detection_rate"])
+    chosen = pipeline_plan.headline(metrics, ["reports/metrics/reid/eval_*.json:*.rank1", "*.detection_rate"])
     assert chosen == {
         "reports/metrics/reid/eval_a.json:demo_b.rank1": 0.1,
         "reports/metrics/pose/x.json:estimator.detection_rate": 0.9,

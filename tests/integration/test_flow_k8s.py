@@ -223,7 +223,8 @@ def test_stopping_deletes_a_job_that_is_still_running(tmp_path: Path, kubectl: P
 
 def test_cli_flag_chooses_the_runner(tmp_path: Path, isolated_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
     seen = {}
-    monkeypatch.setattr(pipeline_module, "pipeline", lambda **kwargs: seen.update(kwargs))
+    # `a` never ran, so the command line hands its plan to the flow.
+    monkeypatch.setattr(pipeline_module, "planned_pipeline", lambda plan, **kwargs: seen.update(kwargs))
     project = make_project(tmp_path / "proj", {"a": _stage("a.py", [], ["a.txt"])})
     assert pipeline_module.main(["--project-dir", str(project), "--stage-runner", "k8s"]) == 0
     assert seen["stage_runner"] == "k8s"

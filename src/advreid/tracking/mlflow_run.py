@@ -38,6 +38,7 @@ from mlflow.utils.validation import (
 from advreid.io import sha256_file
 from advreid.settings import project_root
 from advreid.tracking import lineage
+from advreid.tracking.metric_keys import numeric_leaves as numeric_leaves  # re-exported for the stages
 
 PARENT_RUN_ENV = "ADVREID_MLFLOW_PARENT_RUN_ID"
 EXPERIMENT_ENV = "MLFLOW_EXPERIMENT_NAME"
@@ -107,20 +108,6 @@ def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str
             flat[name] = json.dumps(_jsonable(value))
         else:
             flat[name] = str(value)
-    return flat
-
-
-def numeric_leaves(tree: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    """Numeric leaves of a nested metrics mapping as flat MLflow keys (``prefix + "a.b.c"``).
-
-    Strings and booleans (e.g. ``ap_convention``, ``validated``) are left out: they are params or tags.
-    """
-    flat: dict[str, float] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping):
-            flat.update(numeric_leaves(value, f"{prefix}{key}."))
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            flat[f"{prefix}{key}"] = float(value)
     return flat
 
 
