@@ -39,6 +39,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "advreid.stages.eval_defense",
         "clean / white-box EOT / transfer CMC-mAP of a defense, masking check",
     ),
+    "defense-seed": (
+        "advreid.stages.defense_seed",
+        "one more training seed of the chapter-5 claim cells: vanilla and defenses trained and scored",
+    ),
     "defense-report": (
         "advreid.stages.defense_report",
         "chapter-5 tables 5.1-5.4, 5.6, 5.7 and the rank-1 vs eps plot",

@@ -183,6 +183,12 @@ def _eval_defense(params: Path, args: list[str]) -> None:
         raise ParamsError(str(err)) from err
 
 
+def _defense_seed(params: Path, args: list[str]) -> None:
+    from advreid.defense.replicates import replicate_plan
+
+    replicate_plan(_reid(params), _defense(params), int(args[0]))
+
+
 def _defense_report(params: Path, args: list[str]) -> None:
     defense = _defense(params)
     budget = defense.report.get("budget", "eps8")
@@ -217,6 +223,7 @@ CHECKS: dict[str, Callable[[Path, list[str]], None]] = {
     "eval-gan": _eval_gan,
     "train-defense": _train_defense,
     "eval-defense": _eval_defense,
+    "defense-seed": _defense_seed,
     "defense-report": _defense_report,
     "attack-units": _attack_units,
     "robustness-matrix": _robustness,

@@ -16,7 +16,7 @@ from advreid.defense.training import DefenseSettings, load_defended_model, train
 from advreid.params import ParamsError
 from advreid.reid.engine import LAST_CHECKPOINT, save_checkpoint
 from advreid.reid.training import TrainSettings, train_reid
-from advreid.stages import defense_report, eval_defense
+from advreid.stages import defense_report, defense_seed, eval_defense
 from advreid.stages import train_defense as train_defense_stage
 from tests.fixtures_reid import write_demo_project
 from tests.sigkill import kill_stage_when
@@ -195,3 +195,36 @@ def test_bad_params_name_the_defense_or_key(project, monkeypatch):
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     with pytest.raises(ParamsError, match="lambda_r"):
         train_defense_stage.main(["mp_snn"])
+
+
+def test_defense_seed_retrains_vanilla_and_defenses_with_its_seed(project, monkeypatch):
+    monkeypatch.setenv("ADVREID_ROOT", str(project))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+    monkeypatch.chdir(project)
+    _write_params(project)
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["reid"]["models"]["tiny"]["train"] = {"epochs": 1, "p": 4, "k": 2, "height": SIZE[0], "width": SIZE[1]}
+    params["defense"]["replicates"] = {"seeds": [3], "defenses": ["mp_snn"], "attacks": ["pgd"], "budget": "eps8"}
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    assert defense_seed.main(["3"]) == 0
+    out = json.loads((project / "reports" / "metrics" / "defense_seeds" / "seed3.json").read_text())
+    assert out["seed"] == 3 and out["queries"] == 4 and set(out["cells"]) == {"vanilla", "mp_snn"}
+    assert set(out["cells"]["mp_snn"]) == {"clean", "pgd-eps8"} and out["cells"]["mp_snn"]["pgd-eps8"]["draws"] == 2
+    assert out["cells"]["vanilla"]["clean"]["draws"] == 1
+    seeds_dir = project / "models" / "defense_seeds" / "seed3"
+    model, meta = load_defended_model(seeds_dir / "mp_snn.pt")
+    assert meta["settings"]["seed"] == 3 and model.anisotropic is not None
+    # the replicate's vanilla model is trained with seed 3: another model than the seed-0 one the fixture trained
+    ours = torch.load(seeds_dir / "vanilla.pt", weights_only=True)["model"]
+    main = torch.load(project / "models" / "reid" / "tiny" / "model.pt", weights_only=True)["model"]
+    assert ours.keys() == main.keys() and not all(torch.equal(ours[k], main[k]) for k in ours)
+    with pytest.raises(ParamsError, match=r"defense.replicates.seeds: 4 is not one of \[3\]"):
+        defense_seed.main(["4"])
+    params["defense"]["replicates"]["seeds"] = [0, 3]
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ParamsError, match=r"defense.replicates.seeds: 0 is reid.models.tiny.train.seed"):
+        defense_seed.main(["3"])
+    params["defense"]["replicates"] = {"seeds": [3], "defenses": ["nope"]}
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ParamsError, match=r"defense.replicates.defenses: .*\['nope'\] not in defense.defenses"):
+        defense_seed.main(["3"])

@@ -48,9 +48,10 @@ def test_real_params_pass_and_a_typo_names_the_key(tmp_path: Path) -> None:
     params["reid"]["models"]["small_cnn"]["train"]["learning_rte"] = 0.1  # the typo
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     errors = preflight.check_project(project)
-    assert set(errors) == {"train_reid@small_cnn"}
-    assert "reid.models.small_cnn.train" in errors["train_reid@small_cnn"]
-    assert "learning_rte" in errors["train_reid@small_cnn"]
+    # defense_seed@<k> retrains the defense's vanilla model (small_cnn) with these settings: it fails too
+    assert set(errors) == {"train_reid@small_cnn", "defense_seed@1", "defense_seed@2"}
+    for stage in errors:
+        assert "reid.models.small_cnn.train" in errors[stage] and "learning_rte" in errors[stage]
 
     env = {**os.environ, "ADVREID_ROOT": str(project)}
     proc = subprocess.run(

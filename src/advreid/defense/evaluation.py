@@ -17,13 +17,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from advreid.attacks.evaluation import AttackConfig, ReIDSplit, attack_split
+from advreid.attacks.evaluation import AttackConfig, AttackOutcome, ReIDSplit, attack_split
+from advreid.data.torch_data import ManifestImages, load_split
 from advreid.defense.noise import StochasticReIDModel
 from advreid.progress import progress
 from advreid.reid.metrics import evaluate_rank
@@ -82,6 +84,14 @@ class Split:
     cameras: Tensor
 
 
+def load_split_tensors(processed: Path, split: str, size: tuple[int, int], root: Path) -> Split:
+    """One split of a processed dataset as image, label and camera tensors at ``size`` (height, width)."""
+    frame, raw_root = load_split(processed, split, root)
+    images = ManifestImages(frame, raw_root, size=size)
+    stacked = torch.stack([images.image(i) for i in range(len(images))])
+    return Split(stacked, torch.tensor(images.labels).long(), torch.tensor(images.cameras).long())
+
+
 def is_stochastic(model: StochasticReIDModel) -> bool:
     return bool(model.noise_modules())
 
@@ -120,7 +130,6 @@ def attack_cells(
     query_draws = [embed_draw(model, query.images[query_rows], reference_seed + 101 + r, **embed) for r in range(draws)]
     rerank = any(cell.rerank for cell in cells)
     results = {"clean": _score(query_draws, gallery_draws, query, gallery, query_rows, settings, rerank)}
-    options = {"metric": settings.metric, "ap_convention": settings.ap_convention, "batch_size": settings.batch_size}
     # On a stochastic model every white-box attack is EOT-averaged, so e.g. EOT-FGSM and FGSM become one attack:
     # a cell whose effective attack equals an earlier cell's is not recomputed but reported with ``same_as``.
     computed: dict[tuple, str] = {}
@@ -137,10 +146,8 @@ def attack_cells(
         splits = attacked_model[cell.transfer]
         side = config.side
         rows = query_rows if side == "query" else _gallery_rows(query, gallery, query_rows)
-        outcome = attack_split(
-            source, config, splits, eps=cell.eps, step=cell.step, steps=cell.steps, device=device,
-            seed=settings.seed, rows=rows, **options,
-        )  # fmt: skip
+        noise_seed = reference_seed + 10_000 * (index + 1) + 5_000
+        outcome = attack_with_noise_seed(source, config, cell, splits, rows, settings, device, noise_seed)
         adversarial = outcome.images.float() / 255
         seeds = [reference_seed + 10_000 * (index + 1) + r for r in range(draws)]
         adv_draws = [embed_draw(model, adversarial, s, **embed) for s in seeds]
@@ -156,6 +163,24 @@ def attack_cells(
         results[cell.name] = {**scored, "eps": cell.eps * 255, "steps": cell.steps, "eot_samples": config.eot_samples,
                               "transfer": cell.transfer, "seconds": outcome.seconds}  # fmt: skip
     return results
+
+
+def attack_with_noise_seed(
+    source: StochasticReIDModel, config: AttackConfig, cell: AttackCell, splits: dict[str, ReIDSplit], rows: Tensor,
+    settings: ScoringSettings, device: torch.device, noise_seed: int,
+) -> AttackOutcome:  # fmt: skip
+    """``cell``'s attack (with ``config``) on ``source``, every noise draw of the attack (EOT) from a generator seeded
+    with ``noise_seed``, not torch's global one (seeded from the OS in every process): a cell repeats run after run,
+    whatever ran before it."""
+    source.set_generator(torch.Generator(device=device).manual_seed(noise_seed))
+    try:
+        return attack_split(
+            source, config, splits, eps=cell.eps, step=cell.step, steps=cell.steps, device=device,
+            seed=settings.seed, rows=rows, metric=settings.metric, ap_convention=settings.ap_convention,
+            batch_size=settings.batch_size,
+        )  # fmt: skip
+    finally:
+        source.set_generator(None)
 
 
 def masking_check(
@@ -293,6 +318,13 @@ class EvalProtocol:
 
     def scoring_settings(self) -> ScoringSettings:
         return ScoringSettings(**(self.scoring or {}))
+
+    def budget_cells(self, attacks: Iterable[str], budget: str) -> list[AttackCell]:
+        """The white-box cells of ``attacks`` at ``budget`` alone (no transfer, no sweep), named as :meth:`cells`
+        names them."""
+        b = self.budgets[budget]
+        return [AttackCell(f"{name}-{budget}", self.config(name), b["eps"] / 255, b["step"] / 255, b["steps"],
+                           bool(b.get("rerank", False))) for name in attacks]  # fmt: skip
 
     def cells(self, stochastic: bool, model: str | None = None) -> tuple[list[AttackCell], dict[float, str]]:
         """Every attack x budget (of ``model_attacks[model]`` when given), the transfer cells (stochastic models

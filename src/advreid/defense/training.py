@@ -125,6 +125,7 @@ class DefenseParams:
     variants: dict = field(default_factory=dict)
     eval: dict = field(default_factory=dict)
     report: dict = field(default_factory=dict)
+    replicates: dict = field(default_factory=dict)  # advreid.defense.replicates.ReplicateSettings fields
 
     def settings(self, name: str) -> DefenseSettings:
         if name not in self.defenses or name not in self.variants:

@@ -207,24 +207,50 @@ def claim_wma_transfers(m: Matrix, budget: str = "eps8") -> list[Part]:
     return parts or [_undefined("WMA transfer", 0.0, {"missing": ["attack_report transfer cells"]})]
 
 
+def seed_paired_part(label: str, m: Matrix, a: str, b: str, attack: str, budget: str, metric: str = "rank1", *,
+                     scale: float = 1.0, at_least: float = 0.0) -> Part | None:  # fmt: skip
+    """``a - scale * b > at_least`` on chapter 5's ``defense_seeds`` cells, paired by training seed (the t-interval
+    over seeds); None when either model has no such cell (``defense.replicates`` not run)."""
+    cell_a, cell_b = m.get("defense_seeds", a, attack, budget), m.get("defense_seeds", b, attack, budget)
+    if cell_a is None or cell_b is None:
+        return None
+    by_seed_b = dict(zip(cell_b["config"]["seeds"], cell_b["metrics"][metric]["values"], strict=True))
+    pairs = {
+        f"seed {s}": (v, scale * by_seed_b[s])
+        for s, v in zip(cell_a["config"]["seeds"], cell_a["metrics"][metric]["values"], strict=True)
+        if s in by_seed_b
+    }
+    return paired_part(f"{label}, paired by training seed", pairs, _run_ids([cell_a, cell_b]), at_least=at_least,
+                       units="training seeds")  # fmt: skip
+
+
+def _defense_part(label: str, m: Matrix, a: str, b: str, attack: str, budget: str, *, scale: float = 1.0,
+                  at_least: float = 0.0) -> Part:  # fmt: skip
+    """Over training seeds when ``defense_seed`` ran, else the main stages' one seed over evaluation draws."""
+    over_seeds = seed_paired_part(label, m, a, b, attack, budget, scale=scale, at_least=at_least)
+    if over_seeds is not None:
+        return over_seeds
+    cell_a, cell_b = ("defense", a, attack, budget), ("defense", b, attack, budget)
+    return two_interval_part(f"{label}, one training seed", m, cell_a, cell_b, "rank1", scale=scale,
+                             at_least=at_least)  # fmt: skip
+
+
 def claim_mp_snn_triples_robust_rank1(m: Matrix, budget: str = "eps8") -> list[Part]:
-    mp, vanilla = ("defense", "mp_snn", "pgd", budget), ("defense", "vanilla", "pgd", budget)
-    return [two_interval_part("rank-1 under PGD: MP-SNN - 3 x vanilla", m, mp, vanilla, "rank1", scale=3.0)]
+    return [_defense_part("rank-1 under PGD: MP-SNN - 3 x vanilla", m, "mp_snn", "vanilla", "pgd", budget, scale=3.0)]
 
 
 def claim_mp_snn_clean_drop(m: Matrix) -> list[Part]:
-    mp, vanilla = ("defense", "mp_snn", "clean", "-"), ("defense", "vanilla", "clean", "-")
-    return [two_interval_part("clean rank-1: MP-SNN - vanilla > -0.05", m, mp, vanilla, "rank1", at_least=-0.05)]
+    label = "clean rank-1: MP-SNN - vanilla > -0.05"
+    return [_defense_part(label, m, "mp_snn", "vanilla", "clean", "-", at_least=-0.05)]
 
 
 def claim_fca_helps(m: Matrix, budget: str = "eps8") -> list[Part]:
-    a, b = ("defense", "mp_snn", "pgd", budget), ("defense", "mp_snn_no_fca", "pgd", budget)
-    return [two_interval_part("rank-1 under PGD: MP-SNN - MP-SNN w/o FCA", m, a, b, "rank1")]
+    return [_defense_part("rank-1 under PGD: MP-SNN - MP-SNN w/o FCA", m, "mp_snn", "mp_snn_no_fca", "pgd", budget)]
 
 
 def claim_meta_learning_helps(m: Matrix, budget: str = "eps8") -> list[Part]:
-    a, b = ("defense", "mp_snn", "pgd", budget), ("defense", "l_tot", "pgd", budget)
-    return [two_interval_part("rank-1 under PGD: MP-SNN - L_Tot w/o meta-learning", m, a, b, "rank1")]
+    label = "rank-1 under PGD: MP-SNN - L_Tot w/o meta-learning"
+    return [_defense_part(label, m, "mp_snn", "l_tot", "pgd", budget)]
 
 
 def certify_part(label: str, m: Matrix, a: tuple, b: tuple) -> Part:
@@ -295,6 +321,8 @@ def judge_claims(matrix_data: dict[str, Any], specs: tuple[ClaimSpec, ...] = CLA
     for spec in specs:
         parts = spec.judge(matrix)
         run_ids = list(dict.fromkeys(r for p in parts for r in p.run_ids))
+        pairs = [key for p in parts for key in p.numbers.get("pairs", {})]
+        seeds = sorted({int(key.removeprefix("seed ")) for key in pairs if key.startswith("seed ")})
         entries.append({
             "id": spec.id,
             "chapter": spec.chapter,
@@ -303,8 +331,13 @@ def judge_claims(matrix_data: dict[str, Any], specs: tuple[ClaimSpec, ...] = CLA
             "verdict": combine([p.verdict for p in parts]),
             "parts": [p.as_dict() for p in parts],
             "run_ids": run_ids,
+            "seeds": seeds,  # the training seeds the parts pair; [] = one training run (the main stages')
         })  # fmt: skip
     return entries
+
+
+def _seeds_text(seeds: list[int]) -> str:
+    return ", ".join(map(str, seeds)) if seeds else "one run"
 
 
 def claims_markdown(entries: list[dict[str, Any]]) -> str:
@@ -312,8 +345,9 @@ def claims_markdown(entries: list[dict[str, Any]]) -> str:
     lines = ["# The thesis' claims on the demo", "",
              "Verdicts are computed (advreid.stats.verdict on a 95% interval of each difference); see "
              "reports/claims.json for the numbers and the MLflow run ids.", "",
-             "| chapter | claim | thesis | verdict |", "|---|---|---|---|"]  # fmt: skip
-    lines += [f"| {e['chapter']} | {e['claim']} | {e['thesis']} | **{e['verdict']}** |" for e in entries]
+             "| chapter | claim | thesis | training seeds | verdict |", "|---|---|---|---|---|"]  # fmt: skip
+    lines += [f"| {e['chapter']} | {e['claim']} | {e['thesis']} | {_seeds_text(e.get('seeds', []))} | "
+              f"**{e['verdict']}** |" for e in entries]  # fmt: skip
     lines.append("")
     for e in entries:
         lines.append(f"## {e['id']}: {e['verdict']}")

@@ -5,16 +5,17 @@ interval can be recomputed at any level (the claims use Bonferroni levels):
 
 - ``binomial``: rank-1 over queries (a proportion of hits) or certified accuracy over test points: Clopper-Pearson;
 - ``draws``: a stochastic defense's mean and std over noise draws (or seeds): Student t;
-- ``seeds``: the per-seed values (IPES-GAN): Student t;
+- ``seeds``: the per-seed values (IPES-GAN, chapter 5's claim cells over training seeds): Student t;
 - ``queries``: per-query (or per-image) values re-scored by ``attack_units``: percentile bootstrap of the mean;
 - ``point``: one deterministic number with no stored unit-level values (e.g. mAP of a deterministic attack
   before ``attack_units`` ran): no interval (NaN bounds), never judged on its own.
 
 Tasks: ``attack`` (chapter 4, every Re-ID model x attack), ``transfer`` (adversarial images of one model scored on
 another, Table 4.5), ``defense`` (chapter 5, vanilla / PGD-AT / MP-SNN / ablations x adaptive attacks),
-``adaptation`` (chapter 3: direct transfer vs IPES-GAN on the target) and ``certify`` (chapter 6, method x sigma x
-radius -> certified accuracy). The cell's source file and the stage that wrote it (from ``dvc.lock``) give its
-lineage.
+``defense_seeds`` (chapter 5's claim cells, vanilla and defenses retrained per seed: the main stages' seed and each
+``defense_seed@<seed>``), ``adaptation`` (chapter 3: direct transfer vs IPES-GAN on the target) and ``certify``
+(chapter 6, method x sigma x radius -> certified accuracy). The cell's source file and the stage that wrote it (from
+``dvc.lock``) give its lineage.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 
 from advreid import stats
 
-TASKS = ("attack", "transfer", "defense", "adaptation", "certify")
+TASKS = ("attack", "transfer", "defense", "defense_seeds", "adaptation", "certify")
 CLEAN = "clean"
 
 
@@ -227,6 +228,29 @@ def defense_cells(model: str, metrics: dict[str, Any], source: str) -> Iterator[
         yield Cell("defense", model, attack, budget, numbers, source, config)
 
 
+def defense_seed_cells(
+    main: dict[str, dict[str, Any]], main_seed: int, replicates: list[dict[str, Any]], source: str
+) -> Iterator[Cell]:
+    """Chapter 5 over training seeds: for each model and cell of the ``defense_seed`` outputs (``replicates``: the
+    parsed ``reports/metrics/defense_seeds/seed<k>.json``), the per-seed means over evaluation draws, the main
+    stages' (``main``: model -> ``reports/metrics/defense/<model>.json``, trained with ``main_seed``) first. A cell
+    that the main stages or any replicate lack is left out."""
+    if not replicates:
+        return
+    ordered = sorted(replicates, key=lambda r: int(r["seed"]))
+    for model in sorted(ordered[0]["cells"]):
+        if model not in main:
+            continue
+        for name in sorted(ordered[0]["cells"][model]):
+            blocks = [main[model]["cells"].get(name)] + [r["cells"].get(model, {}).get(name) for r in ordered]
+            if any(b is None for b in blocks):
+                continue
+            attack, budget = _split_cell_name(name)
+            numbers = {k: seeds(b[k] for b in blocks) for k in ("rank1", "mAP")}
+            config = {"seeds": [int(main_seed)] + [int(r["seed"]) for r in ordered], "draws": int(blocks[0]["draws"])}
+            yield Cell("defense_seeds", model, attack, budget, numbers, source, config)
+
+
 def adaptation_cells(report: dict[str, Any], teacher: str, source: str) -> Iterator[Cell]:
     """Chapter 3: ``ipes_gan.json``: the teacher applied directly to the target, and every trained IPES-GAN run
     (the main model and any ablation of ``gan.demo_runs``: each a block with ``per_seed``) over its seeds."""
@@ -276,7 +300,7 @@ def certify_cells(method: str, metrics: dict[str, Any], source: str, points_dir:
                        {"certified_accuracy": spread}, source, {"points": points})  # fmt: skip
 
 
-def collect(root: Path, *, teacher: str) -> tuple[list[Cell], list[dict[str, str]]]:
+def collect(root: Path, *, teacher: str, main_seed: int = 0) -> tuple[list[Cell], list[dict[str, str]]]:
     """Every cell the stage outputs under ``root/reports/metrics`` hold, and the cells no stage has produced yet
     (each model x the attacks of its task it was not run on; the IPES-GAN model is not attacked by any stage)."""
     metrics_dir = root / "reports" / "metrics"
@@ -290,9 +314,15 @@ def collect(root: Path, *, teacher: str) -> tuple[list[Cell], list[dict[str, str
         cells += found
     if (path := metrics_dir / "attack_report.json").is_file():
         cells += transfer_cells(_read(path), queries, _rel(path, root))
+    main = {}
     for path in sorted((metrics_dir / "defense").glob("*.json")):
         if not path.stem.startswith("train_"):
-            cells += defense_cells(path.stem, _read(path), _rel(path, root))
+            main[path.stem] = _read(path)
+            cells += defense_cells(path.stem, main[path.stem], _rel(path, root))
+    replicate_paths = sorted((metrics_dir / "defense_seeds").glob("seed*.json"))
+    if replicate_paths:
+        replicates = [_read(p) for p in replicate_paths]
+        cells += defense_seed_cells(main, main_seed, replicates, _rel(replicate_paths[0], root))
     if (path := metrics_dir / "ipes_gan.json").is_file():
         cells += adaptation_cells(_read(path), teacher, _rel(path, root))
     for path in sorted((metrics_dir / "certify").glob("*.json")):

@@ -32,8 +32,6 @@ def main(argv: list[str] | None = None) -> int:
 
     with stage_run("claims", {"seeds": list(params.seeds)}) as run:
         entries = judge_claims(json.loads(matrix_path.read_text()))
-        for entry in entries:
-            entry["seeds"] = list(params.seeds)
         write_json(root / "reports" / "claims.json", {"claims": entries})
         write_text(root / "reports" / "claims.md", claims_markdown(entries))
         counts = {v: sum(e["verdict"] == v for e in entries) for v in VERDICTS}

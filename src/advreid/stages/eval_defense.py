@@ -14,10 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
-from advreid.data.torch_data import ManifestImages, load_split
-from advreid.defense.evaluation import EvalProtocol, Split, evaluate_defense
+from advreid.defense.evaluation import EvalProtocol, evaluate_defense, load_split_tensors
 from advreid.defense.noise import NoiseConfig, build_stochastic_model
 from advreid.defense.training import DefenseParams, load_defended_model
 from advreid.device import select_device, set_threads
@@ -39,13 +36,6 @@ def model_path(root: Path, params: DefenseParams, name: str) -> Path:
     if params.evaluate[name] != expected:
         raise ParamsError(f"defense.evaluate.{name}: must be {expected!r}, got {params.evaluate[name]!r}")
     return root / expected
-
-
-def load_split_tensors(processed: Path, split: str, size: tuple[int, int], root: Path) -> Split:
-    frame, raw_root = load_split(processed, split, root)
-    images = ManifestImages(frame, raw_root, size=size)
-    stacked = torch.stack([images.image(i) for i in range(len(images))])
-    return Split(stacked, torch.tensor(images.labels).long(), torch.tensor(images.cameras).long())
 
 
 def main(argv: list[str] | None = None) -> int:
