@@ -40,10 +40,12 @@ from advreid.pipeline_plan import (
     build_plan,
     cli,
     collect_stage,
+    first_param,
     format_summary,
     headline,
     headline_metrics,
     headline_patterns,
+    launch_order,
     max_parallel_param,
     open_repo,
     pipeline_params,
@@ -352,6 +354,7 @@ def _execute(
     running: dict[Any, tuple[str, int]] = {}  # future -> (stage, slot)
     failure: BaseException | None = None
     cursor = 0  # dvc.lock entries are written in plan order, as a sequential `dvc repro` writes them
+    order = launch_order(plan.stages, first_param(root))  # ready stages start in this order
     while True:
         progressed = True
         while progressed:
@@ -363,7 +366,7 @@ def _execute(
                 cursor += 1
             if failure is not None:
                 continue
-            for stage in plan.stages:
+            for stage in order:
                 upstream = plan.upstream[stage]
                 if status[stage] != "pending" or any(status[u] != "done" for u in upstream):
                     continue

@@ -9,9 +9,8 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
-
 from advreid.errors import BadInputError
+from advreid.io import load_yaml
 
 T = TypeVar("T")
 
@@ -25,8 +24,7 @@ def load_params(section: str | None = None, path: str | os.PathLike = "params.ya
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found (run from the project root)")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    data = load_yaml(path.read_text()) or {}
     if section is None:
         return data
     node: Any = data

@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
-import yaml
-
+from advreid.io import load_yaml
 from advreid.settings import apply_environment
 from advreid.tracking.metric_keys import metric_name, numeric_leaves
 
@@ -131,7 +130,7 @@ def stage_is_up_to_date(project_dir: str | os.PathLike, stage: str) -> bool:
 def pipeline_params(project_dir: str | os.PathLike) -> dict[str, Any]:
     """The ``pipeline`` section of the project's params.yaml (empty when there is none)."""
     path = Path(project_dir) / "params.yaml"
-    params = yaml.safe_load(path.read_text()) if path.is_file() else None
+    params = load_yaml(path.read_text()) if path.is_file() else None
     return (params or {}).get("pipeline") or {}
 
 
@@ -143,6 +142,26 @@ def max_parallel_param(project_dir: str | os.PathLike) -> int:
             f"{Path(project_dir) / 'params.yaml'}: pipeline.max_parallel must be an integer >= 1, got {value!r}"
         )
     return value
+
+
+def first_param(project_dir: str | os.PathLike) -> list[str]:
+    """``pipeline.first`` of the project's params.yaml: fnmatch patterns of stages to launch first (default none)."""
+    value = pipeline_params(project_dir).get("first", [])
+    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+        where = Path(project_dir) / "params.yaml"
+        raise ValueError(f"{where}: pipeline.first must be a list of patterns, got {value!r}")
+    return value
+
+
+def launch_order(stages: list[str], first: list[str]) -> list[str]:
+    """``stages`` (plan order) with those matching a pattern of ``first`` moved ahead, in the patterns' order: when
+    slots free up, ready stages are launched in this order. Long stages that little depends on (seed replicates)
+    go first so that a parallel run does not end waiting for one of them; ``dvc.lock`` keeps the plan order."""
+
+    def rank(stage: str) -> int:
+        return next((i for i, pattern in enumerate(first) if fnmatch.fnmatchcase(stage, pattern)), len(first))
+
+    return sorted(stages, key=rank)  # stable: plan order within a rank
 
 
 def headline_metrics(project_dir: str | os.PathLike) -> dict[str, float]:

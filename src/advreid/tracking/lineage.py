@@ -9,6 +9,7 @@ them for a ``dvc.yaml`` at the root without ``wdir``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import subprocess
@@ -20,6 +21,7 @@ from typing import Any, Final
 import yaml
 
 from advreid.errors import BadInputError
+from advreid.io import load_yaml, write_json
 
 LOCK_FILE = "dvc.lock"
 # DVC 3 writes ``hash: md5`` (plain md5); entries without it come from DVC 2, which hashed text files
@@ -78,7 +80,7 @@ def read_lock(root: Path) -> dict[str, LockedStage]:
     if not lock_path.is_file():
         raise LineageError(f"{lock_path} does not exist: run `dvc repro` first")
     try:
-        data = yaml.safe_load(lock_path.read_text(encoding="utf-8")) or {}
+        data = load_yaml(lock_path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         raise LineageError(f"{lock_path} is not valid YAML: {err}") from err
     stages = data.get("stages")
@@ -179,6 +181,12 @@ def stage_deps(root: Path, stage: str) -> list[str]:
     """
     if not (root / "dvc.yaml").is_file():
         return []
+    if ":" not in stage:
+        resolved = resolved_pipeline(root)
+        if "error" in resolved:
+            raise LineageError(f"{root / 'dvc.yaml'}: cannot resolve stage {stage!r}: {resolved['error']}")
+        if stage in resolved["deps"]:
+            return list(resolved["deps"][stage])
     from dvc.dependency.param import ParamsDependency
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
@@ -224,7 +232,7 @@ def read_params_file(path: Path) -> dict[str, Any]:
     text = path.read_text(encoding="utf-8")
     suffix = path.suffix.lower()
     if suffix in (".yaml", ".yml"):
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     elif suffix == ".json":
         data = json.loads(text)
     elif suffix == ".toml":
@@ -274,6 +282,53 @@ def git_state(root: Path) -> tuple[str, str]:
     return commit, "true" if status.strip() else "false"
 
 
+RESOLVED_CACHE: Final = ".dvc/tmp/advreid-resolved-pipeline.json"
+
+
+def resolved_pipeline(root: Path) -> dict[str, Any]:
+    """What ``dvc.yaml`` declares, as DVC resolves it (``foreach`` / ``matrix`` over params): ``{"outs": [out
+    paths], "deps": {stage: [data and code deps]}}``, root-relative; ``{"error": message}`` when DVC cannot read it.
+
+    Opening a DVC ``Repo`` to resolve them costs about a second, in every stage (its lineage tags), so the answer is
+    kept in :data:`RESOLVED_CACHE` under the hash of what it depends on: ``dvc.yaml``, ``params.yaml`` and the files
+    of ``dvc.yaml``'s top-level ``vars``."""
+    text = (root / "dvc.yaml").read_bytes()
+    inputs = [text]
+    with contextlib.suppress(yaml.YAMLError, AttributeError, UnicodeDecodeError):
+        files = [v.split(":")[0] for v in (load_yaml(text.decode()) or {}).get("vars", []) if isinstance(v, str)]
+        inputs += [(root / f).read_bytes() for f in files if (root / f).is_file()]
+    if (root / "params.yaml").is_file():
+        inputs.append((root / "params.yaml").read_bytes())
+    key = hashlib.sha256(b"\0".join(inputs)).hexdigest()
+    cache = root / RESOLVED_CACHE
+    with contextlib.suppress(OSError, ValueError):
+        cached = json.loads(cache.read_text())
+        if cached.get("key") == key:
+            return cached["pipeline"]
+    from dvc.dependency.param import ParamsDependency
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        with Repo(os.fspath(root)) as repo:
+            stages = list(repo.index.stages)
+            resolved = {
+                "outs": sorted(normalize(out.fs_path, root) for out in repo.index.outs if out.is_in_repo),
+                "deps": {  # the stages of the root dvc.yaml, by name (``addressing`` depends on the cwd)
+                    stage.name: [
+                        normalize(dep.fs_path, root) for dep in stage.deps if not isinstance(dep, ParamsDependency)
+                    ]
+                    for stage in stages
+                    if os.path.abspath(stage.path) == os.path.abspath(root / "dvc.yaml")
+                },
+            }
+    except DvcException as err:
+        return {"error": str(err)}
+    with contextlib.suppress(OSError):  # a read-only project still works, uncached
+        write_json(cache, {"key": key, "pipeline": resolved})
+    return resolved
+
+
 def pipeline_products(root: Path) -> list[str]:
     """Paths (relative to ``root``) that ``dvc repro`` writes: ``dvc.lock``, every out that ``dvc.yaml``
     declares (resolved by DVC) or ``dvc.lock`` records, and DVC's ``.gitignore`` files beside them."""
@@ -281,11 +336,7 @@ def pipeline_products(root: Path) -> list[str]:
     with contextlib.suppress(LineageError):
         outs.update(out.path for stage in read_lock(root).values() for out in stage.outs if out.is_local)
     if (root / "dvc.yaml").is_file():
-        from dvc.exceptions import DvcException
-        from dvc.repo import Repo
-
         # A dvc.yaml DVC cannot read leaves the locked outs: dirty then errs on the side of "true".
-        with contextlib.suppress(DvcException), Repo(os.fspath(root)) as repo:
-            outs.update(normalize(out.fs_path, root) for out in repo.index.outs if out.is_in_repo)
+        outs.update(resolved_pipeline(root).get("outs", []))
     ignores = {PurePosixPath(path).parent.joinpath(".gitignore").as_posix() for path in outs}
     return [LOCK_FILE, *sorted(outs), *sorted(ignores)]

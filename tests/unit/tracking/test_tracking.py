@@ -222,6 +222,27 @@ def test_git_state_clean_dirty_and_unknown(toy: Toy, tmp_path: Path):
     assert lineage.git_state(plain) == ("unknown", "unknown")
 
 
+def test_the_resolved_pipeline_is_cached_under_the_hash_of_dvc_yaml_and_params(toy: Toy, tmp_path: Path, monkeypatch):
+    project = tmp_path / "copy"
+    shutil.copytree(toy.root, project)
+    first = lineage.resolved_pipeline(project)
+    assert "data/processed/toy" in first["outs"] and (project / lineage.RESOLVED_CACHE).is_file()
+    deps = lineage.stage_deps(project, "train")
+    import dvc.repo
+
+    def no_repo(*args, **kwargs):
+        raise AssertionError("DVC's Repo opened although dvc.yaml and params.yaml did not change")
+
+    monkeypatch.setattr(dvc.repo, "Repo", no_repo)
+    assert lineage.resolved_pipeline(project) == first  # from the cache
+    assert lineage.stage_deps(project, "train") == deps
+    (project / "params.yaml").write_text((project / "params.yaml").read_text() + "# edited\n")
+    with pytest.raises(AssertionError, match="Repo opened"):
+        lineage.resolved_pipeline(project)  # another key: DVC resolves the pipeline again
+    monkeypatch.undo()
+    assert lineage.resolved_pipeline(project) == first
+
+
 def test_hash_path_matches_what_dvc_locked(toy: Toy):
     lock = _lock(toy.root)
     entries = [e for stage in lock.values() for e in stage["deps"] + stage["outs"]]
