@@ -47,6 +47,7 @@ class PoseParams:
     source: str = "auto"
     annotations: str = "keypoints.json"  # relative to the raw root
     evaluate: bool = True  # run the estimator beside annotations to score it
+    evaluate_images: int = 0  # annotated images it is scored on: evenly spaced, plus the grid's (0 = all)
     workers: int = 2
     upscale: int = 2  # measured on the demo: see the pose section of params.yaml
     min_visibility: float = 0.5
@@ -59,6 +60,10 @@ class PoseParams:
             raise ParamsError(f"pose.source: must be one of {list(SOURCE_MODES)}, got {self.source!r}")
         if self.workers < 1:
             raise ParamsError(f"pose.workers: must be >= 1, got {self.workers}")
+        if self.evaluate_images < 0:
+            raise ParamsError(
+                f"pose.evaluate_images: must be >= 0 (0 = every annotated image), got {self.evaluate_images}"
+            )
         if self.grid_images < 1:
             raise ParamsError(f"pose.grid_images: must be >= 1, got {self.grid_images}")
         if not self.pck_alphas or any(not a > 0 for a in self.pck_alphas):
@@ -104,13 +109,16 @@ def run_pose(
             f"of {dataset} (e.g. {lacking.iloc[0]})"
         )
     use_annotations = has_annotation & (params.source != "estimator")
-    run_estimator = bool((~use_annotations).any() or (params.evaluate and has_annotation.any()))
+    # The estimator runs on every image without annotations it uses, and to be scored on annotated ones
+    needed = ~use_annotations | (has_annotation & _scored_rows(len(images), params))
+    run_estimator = bool(needed.any())
 
     paths = _output_paths(root, dataset)
     settings = params.estimator_settings().describe()
     previous = _previous_estimates(paths["estimates"], settings)
     if run_estimator:
-        estimates, failed, estimated = update_estimates(images, raw_root, previous, estimate)
+        wanted = images[needed.to_numpy()].reset_index(drop=True)
+        estimates, failed, estimated = update_estimates(wanted, raw_root, previous, estimate)
     else:  # nothing to estimate: keep earlier estimates of current images for later runs
         estimates = _empty() if previous is None else previous[previous["sha256"].isin(images["sha256"])]
         failed, estimated = {}, 0
@@ -145,6 +153,19 @@ def run_pose(
         metrics=metrics,
         work=work,
     )
+
+
+def _scored_rows(count: int, params: PoseParams) -> pd.Series:
+    """Which of ``count`` images the estimator is scored on (where annotated): none without ``evaluate``, all for
+    ``evaluate_images`` 0, else that many evenly spaced plus the skeleton grid's picks (its estimator row)."""
+    if not params.evaluate:
+        return pd.Series(np.zeros(count, dtype=bool))
+    if params.evaluate_images == 0 or params.evaluate_images >= count:
+        return pd.Series(np.ones(count, dtype=bool))
+    rows = np.zeros(count, dtype=bool)
+    rows[np.linspace(0, count - 1, params.evaluate_images).round().astype(int)] = True
+    rows[np.linspace(0, count - 1, min(params.grid_images, count)).round().astype(int)] = True
+    return pd.Series(rows)
 
 
 def _output_paths(root: Path, dataset: str) -> dict[str, Path]:

@@ -14,6 +14,7 @@ from PIL import Image
 from advreid.data.processed import write_dataset
 from advreid.data.registry import read_dataset
 from advreid.data.synthetic import DemoSpec, generate_domain
+from advreid.params import ParamsError
 from advreid.pose.estimator import EstimatorSettings, PoseEstimator, PoseResult, estimate_files, update_estimates
 from advreid.pose.extraction import PoseParams, run_pose
 from advreid.pose.keypoints import JOINT_INDEX, missing_keypoints, present, read_poses, read_poses_metadata
@@ -138,7 +139,7 @@ def _project(root: Path, num_train_ids: int) -> None:
 
 
 def _params(**overrides) -> PoseParams:
-    return PoseParams(datasets={"tiny": "data/raw/tiny"}, workers=1, grid_images=4, **overrides)
+    return PoseParams(**{"datasets": {"tiny": "data/raw/tiny"}, "workers": 1, "grid_images": 4, **overrides})
 
 
 def test_stage_incremental_rerun_estimates_only_new_images(tmp_path):
@@ -179,6 +180,22 @@ def test_stage_auto_uses_annotations_and_scores_the_estimator_against_them(tmp_p
     saved = json.loads(out.metrics_file.read_text())
     assert saved["evaluation"]["pck_0.1"]["overall"] == evaluation["pck_0.1"]["overall"]
     assert all(f.is_file() for f in out.figures)
+
+
+def test_evaluate_images_scores_the_estimator_on_a_subset_that_holds_the_grid(tmp_path):
+    _project(tmp_path, num_train_ids=1)  # 8 annotated images
+    fake = CountingEstimator()
+    out = run_pose("tiny", tmp_path, _params(source="auto", evaluate_images=3, grid_images=2), fake)
+    # rows 0, 4 (rounded 3.5), 7 evenly spaced; the grid's picks 0 and 7 are among them
+    table = read_poses(out.table)
+    assert len(fake.calls) == 1 and len(set(fake.calls[0])) == 3
+    assert out.metrics["evaluation"]["images"] == 3 and out.metrics["estimator"]["ok"] == 3
+    assert set(table["source"]) == {"annotations"} and len(table) == 8  # the keypoints are still every image's
+    fake = CountingEstimator()
+    run_pose("tiny", tmp_path, _params(source="auto", evaluate_images=1, grid_images=2), fake)
+    assert not any(fake.calls)  # rows 0 and 7 (grid) were estimated by the last run: reused
+    with pytest.raises(ParamsError, match="pose.evaluate_images: must be >= 0"):
+        _params(evaluate_images=-1)
 
 
 def test_stage_records_a_corrupt_image_as_failed_and_finishes(estimator, tmp_path):
