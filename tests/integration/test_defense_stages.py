@@ -212,6 +212,8 @@ def test_defense_seed_retrains_vanilla_and_defenses_with_its_seed(project, monke
     assert set(out["cells"]["mp_snn"]) == {"clean", "pgd-eps8"} and out["cells"]["mp_snn"]["pgd-eps8"]["draws"] == 2
     assert out["cells"]["vanilla"]["clean"]["draws"] == 1
     seeds_dir = project / "models" / "defense_seeds" / "seed3"
+    assert sorted(p.name for p in seeds_dir.parent.iterdir()) == ["seed3"]  # written whole, no temporary left
+    assert sorted(p.name for p in seeds_dir.iterdir()) == ["mp_snn.pt", "vanilla.pt"]
     model, meta = load_defended_model(seeds_dir / "mp_snn.pt")
     assert meta["settings"]["seed"] == 3 and model.anisotropic is not None
     # the replicate's vanilla model is trained with seed 3: another model than the seed-0 one the fixture trained

@@ -93,12 +93,11 @@ def replicate_plan(reid: ReIDParams, params: DefenseParams, seed: int | None = N
 
 @dataclass(frozen=True)
 class Replicate:
-    """What :func:`replicate_seed` returns: the scored cells per model and the model files it wrote."""
+    """What :func:`replicate_seed` returns: the scored cells per model."""
 
     seed: int
     queries: int  # scored queries (evenly spaced, defense.eval.queries)
     cells: dict[str, dict[str, dict[str, Any]]]  # model -> cell name (clean, pgd-eps8, ...) -> scores
-    models: dict[str, Path]
     seconds: dict[str, float]  # attack cells' wall-clock seconds (MLflow only)
 
 
@@ -114,13 +113,12 @@ def replicate_seed(
     save_checkpoint(vanilla_path, trained.model, epoch=len(trained.history), history=trained.history,
                     meta=trained.meta)  # fmt: skip
     vanilla = build_stochastic_model(trained.model.eval(), NoiseConfig(isotropic=False, anisotropic=False), (1, 1))
-    models, paths = {VANILLA: vanilla}, {VANILLA: vanilla_path}
+    models = {VANILLA: vanilla}
     for name, settings in plan.defense_settings.items():
         defended = train_defense(
             name, replace(settings, seed=seed), vanilla_path, arch, source_dir, None, device=device, root=root
         )
-        paths[name] = out_dir / f"{name}.pt"
-        save_defended_model(paths[name], defended)
+        save_defended_model(out_dir / f"{name}.pt", defended)
         models[name] = defended.model
     size = (reid_settings.height, reid_settings.width)
     query = load_split_tensors(source_dir, "query", size, root)
@@ -134,4 +132,4 @@ def replicate_seed(
             if "seconds" in values:
                 seconds[f"{name}.{cell}"] = values.pop("seconds")
         scored[name] = results
-    return Replicate(seed, len(rows), scored, paths, seconds)
+    return Replicate(seed, len(rows), scored, seconds)

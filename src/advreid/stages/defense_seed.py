@@ -16,7 +16,7 @@ import time
 from advreid.defense.replicates import replicate_plan, replicate_seed
 from advreid.defense.training import DefenseParams
 from advreid.device import make_deterministic, select_device
-from advreid.io import write_json
+from advreid.io import atomic_path, write_json
 from advreid.params import build, load_params
 from advreid.reid.checkpoint import ReIDParams
 from advreid.settings import apply_environment
@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     with stage_run(stage, logged, manifests=manifests) as run:
         out_dir = root / "models" / "defense_seeds" / f"seed{args.seed}"
-        result = replicate_seed(args.seed, plan, source_dir, out_dir, device=device, root=root)
+        with atomic_path(out_dir, is_dir=True) as tmp:  # all the models or none
+            result = replicate_seed(args.seed, plan, source_dir, tmp, device=device, root=root)
         out = root / "reports" / "metrics" / "defense_seeds" / f"seed{args.seed}.json"
         write_json(
             out, {"seed": args.seed, "queries": result.queries, "budget": plan.replicates.budget, "cells": result.cells}
