@@ -172,15 +172,11 @@ def _train_defense(params: Path, args: list[str]) -> None:
 
 
 def _eval_defense(params: Path, args: list[str]) -> None:
-    from advreid.defense.evaluation import EvalProtocol
     from advreid.reid.checkpoint import model_entry
 
     defense = _defense(params)
     model_entry(_reid(params).models, defense.model)
-    try:
-        build(EvalProtocol, defense.eval, "defense.eval").check("defense.eval", defense.evaluate)
-    except ValueError as err:
-        raise ParamsError(str(err)) from err
+    defense.protocol()
 
 
 def _defense_seed(params: Path, args: list[str]) -> None:

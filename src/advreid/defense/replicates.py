@@ -77,10 +77,7 @@ def replicate_plan(reid: ReIDParams, params: DefenseParams, seed: int | None = N
     entry = model_entry(reid.models, params.model)
     where = f"reid.models.{params.model}.train"
     reid_settings = build(TrainSettings, entry.get("train", {}), where).check(where)
-    try:
-        protocol = build(EvalProtocol, params.eval, "defense.eval").check("defense.eval", params.evaluate)
-    except ValueError as err:
-        raise ParamsError(str(err)) from err
+    protocol = params.protocol()
     main_seeds = {f"{where}.seed": reid_settings.seed, "defense.train.seed": params.train.get("seed", 0)}
     replicates = build(ReplicateSettings, params.replicates, "defense.replicates").check(
         "defense.replicates", params.defenses, protocol, main_seeds

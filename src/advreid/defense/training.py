@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from advreid.data.torch_data import ManifestImages, PKSampler, dataset_info, load_split
+from advreid.defense.evaluation import EvalProtocol
 from advreid.defense.losses import TASKS, LossSettings, vanilla_loss
 from advreid.defense.meta import (
     ALTERNATE,
@@ -126,6 +127,13 @@ class DefenseParams:
     eval: dict = field(default_factory=dict)
     report: dict = field(default_factory=dict)
     replicates: dict = field(default_factory=dict)  # advreid.defense.replicates.ReplicateSettings fields
+
+    def protocol(self) -> EvalProtocol:
+        """``eval`` as the checked evaluation protocol; a bad key is a ParamsError naming it."""
+        try:
+            return build(EvalProtocol, self.eval, "defense.eval").check("defense.eval", self.evaluate)
+        except ValueError as err:
+            raise ParamsError(str(err)) from err
 
     def settings(self, name: str) -> DefenseSettings:
         if name not in self.defenses or name not in self.variants:

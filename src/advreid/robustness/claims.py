@@ -139,14 +139,20 @@ def _seed_pairs(matrix: Matrix, a: str, b: str | None, metric: str) -> tuple[dic
         cell_b = matrix.get("adaptation", b, "clean", "-")
     if cell_a is None or cell_b is None:
         return {}, ()
-    seeds_a = cell_a["config"]["seeds"]
-    values_a = cell_a["metrics"][metric]["values"]
     if b is None:
         base = cell_b["metrics"][metric]["estimate"]
-        return {f"seed {s}": (v, base) for s, v in zip(seeds_a, values_a, strict=True)}, _run_ids([cell_a, cell_b])
-    by_seed_b = dict(zip(cell_b["config"]["seeds"], cell_b["metrics"][metric]["values"], strict=True))
-    pairs = {f"seed {s}": (v, by_seed_b[s]) for s, v in zip(seeds_a, values_a, strict=True) if s in by_seed_b}
-    return pairs, _run_ids([cell_a, cell_b])
+        return {f"seed {s}": (v, base) for s, v in _by_seed(cell_a, metric).items()}, _run_ids([cell_a, cell_b])
+    return _pairs_by_seed(cell_a, cell_b, metric), _run_ids([cell_a, cell_b])
+
+
+def _by_seed(cell: dict[str, Any], metric: str) -> dict[int, float]:
+    return dict(zip(cell["config"]["seeds"], cell["metrics"][metric]["values"], strict=True))
+
+
+def _pairs_by_seed(a: dict[str, Any], b: dict[str, Any], metric: str, scale: float = 1.0) -> dict:
+    """``{"seed <s>": (a's value, scale x b's value)}`` over the seeds both cells have, in ``a``'s order."""
+    values_b = _by_seed(b, metric)
+    return {f"seed {s}": (v, scale * values_b[s]) for s, v in _by_seed(a, metric).items() if s in values_b}
 
 
 def claim_ipes_gan_beats_direct_transfer(m: Matrix) -> list[Part]:
@@ -214,12 +220,7 @@ def seed_paired_part(label: str, m: Matrix, a: str, b: str, attack: str, budget:
     cell_a, cell_b = m.get("defense_seeds", a, attack, budget), m.get("defense_seeds", b, attack, budget)
     if cell_a is None or cell_b is None:
         return None
-    by_seed_b = dict(zip(cell_b["config"]["seeds"], cell_b["metrics"][metric]["values"], strict=True))
-    pairs = {
-        f"seed {s}": (v, scale * by_seed_b[s])
-        for s, v in zip(cell_a["config"]["seeds"], cell_a["metrics"][metric]["values"], strict=True)
-        if s in by_seed_b
-    }
+    pairs = _pairs_by_seed(cell_a, cell_b, metric, scale)
     return paired_part(f"{label}, paired by training seed", pairs, _run_ids([cell_a, cell_b]), at_least=at_least,
                        units="training seeds")  # fmt: skip
 

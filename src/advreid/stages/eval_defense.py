@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from advreid.defense.evaluation import EvalProtocol, evaluate_defense, load_split_tensors
+from advreid.defense.evaluation import evaluate_defense, load_split_tensors
 from advreid.defense.noise import NoiseConfig, build_stochastic_model
 from advreid.defense.training import DefenseParams, load_defended_model
 from advreid.device import select_device, set_threads
@@ -46,10 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     reid = build(ReIDParams, load_params("reid", root / "params.yaml"), "reid").check()
     params = build(DefenseParams, load_params("defense", root / "params.yaml"), "defense")
     model_entry(reid.models, params.model)
-    try:
-        protocol = build(EvalProtocol, params.eval, "defense.eval").check("defense.eval", params.evaluate)
-    except ValueError as err:
-        raise ParamsError(str(err)) from err
+    protocol = params.protocol()
     path = model_path(root, params, args.model)
     set_threads(reid.threads, "reid.threads")
     device = select_device(reid.device)
