@@ -362,8 +362,9 @@ def test_startup_timeout_error_says_what_to_do(monkeypatch: pytest.MonkeyPatch, 
 def _parallel_stages() -> dict[str, dict]:
     return {
         "a": _stage("a.py", [], ["a.txt"]),
-        "x": _stage("slow.py", ["a.txt"], ["x.txt"], args="x 2"),
-        "y": _stage("slow.py", ["a.txt"], ["y.txt"], args="y 2"),
+        # 6 s each: two stage launches on a loaded 2-core machine can lie seconds apart
+        "x": _stage("slow.py", ["a.txt"], ["x.txt"], args="x 6"),
+        "y": _stage("slow.py", ["a.txt"], ["y.txt"], args="y 6"),
         "b": _stage("b.py", ["a.txt"], ["b.txt"], metrics=["metrics.json"]),
     }
 
