@@ -93,6 +93,12 @@ def _attack(params: Path, args: list[str]) -> None:
             raise ParamsError(f"attack.sweep.model is '{sweep.model}', not '{args[0]}'")
 
 
+def _attack_seed(params: Path, args: list[str]) -> None:
+    from advreid.attacks.replicates import replicate_plan
+
+    replicate_plan(_reid(params), _attack_params(params), int(args[0]))
+
+
 def _attack_report(params: Path, args: list[str]) -> None:
     from advreid.stages.attack_report import ReportSettings
 
@@ -109,7 +115,7 @@ def _train_classifier(params: Path, args: list[str]) -> None:
 
 
 def _train_denoiser(params: Path, args: list[str]) -> None:
-    from advreid.stages.train_denoiser import DenoiserParams
+    from advreid.certify.params import DenoiserParams
 
     where = "train_denoiser.settings"
     if not build(DenoiserParams, load_params(where, params), where).sigmas:
@@ -127,6 +133,18 @@ def _certify(params: Path, args: list[str]) -> None:
     build(ReconstructionEvalParams, certify.reconstruction, "certify.settings.reconstruction")
     for key in ("train_classifier.dataset", "train_classifier.reconstruction.dataset", "seed"):
         load_params(key, params)
+
+
+def _certify_seed(params: Path, args: list[str]) -> None:
+    from advreid.certify.params import CertifyParams, DenoiserParams
+    from advreid.certify.replicates import replicate_plan
+
+    training = build(DenoiserParams, load_params("train_denoiser.settings", params), "train_denoiser.settings")
+    certify = build(CertifyParams, load_params("certify.settings", params), "certify.settings")
+    methods = tuple(load_params("train_denoiser.methods", params))
+    replicates = load_params("certify.replicates", params)
+    replicate_plan(replicates, training.check("train_denoiser.settings"), certify.check("certify.settings"), methods,
+                   load_params("seed", params), int(args[0]))  # fmt: skip
 
 
 def _certify_report(params: Path, args: list[str]) -> None:
@@ -210,10 +228,12 @@ CHECKS: dict[str, Callable[[Path, list[str]], None]] = {
     "train-reid": _train_reid,
     "eval-reid": _eval_reid,
     "attack": _attack,
+    "attack-seed": _attack_seed,
     "attack-report": _attack_report,
     "train-classifier": _train_classifier,
     "train-denoiser": _train_denoiser,
     "certify": _certify,
+    "certify-seed": _certify_seed,
     "certify-report": _certify_report,
     "train-gan": _train_gan,
     "eval-gan": _eval_gan,

@@ -290,3 +290,93 @@ def test_quality_measures_by_hand():
     ramp = torch.linspace(-1, 1, 32).view(1, 1, 1, 32).expand(1, 3, 32, 32)
     smooth = perturbation_smoothness(torch.cat([sign, ramp, torch.zeros_like(ramp)]))
     assert abs(smooth[0]) < 0.1 and smooth[1] > 0.9 and smooth[2] == 0
+
+
+# --- attack_seed@<k>: chapter 4's claim cells over training seeds ----------------------------------------------------
+
+
+def _replicate_params(seeds: list[int], attacks: list[str], transfer: list[str]) -> dict:
+    params = _params()
+    params["attack"]["replicates"] = {"seeds": seeds, "models": ["cnn", "osnet"], "attacks": attacks,
+                                      "budget": "eps8", "transfer": transfer}  # fmt: skip
+    return params
+
+
+def test_a_replicate_at_the_main_seed_repeats_the_main_models_attacks_and_transfer(project, tmp_path):
+    """Retrained with the fixture's own seed, the replicate's models, attack scores and transfer scores are those of
+    the fixture's trained models attacked one by one here (the attack-stage path: load, attack, score)."""
+    from advreid.attacks.grid import AttackParams
+    from advreid.attacks.replicates import replicate_plan, replicate_seed
+    from advreid.reid.checkpoint import ReIDParams
+
+    params = _replicate_params([3], ["pgd", "wma"], ["wma"])
+    reid = ReIDParams(**params["reid"]).check()
+    plan = replicate_plan(reid, AttackParams(**params["attack"]).check())
+    source = project / "data" / "processed" / "demo_a"
+    result = replicate_seed(TRAIN.seed, plan, source, tmp_path, device=CPU, root=project)
+    assert result.queries == 36 and set(result.cells) == {"cnn", "osnet"}
+    assert set(result.transfer) == {"cnn->osnet", "osnet->cnn"} and set(result.transfer["cnn->osnet"]) == {"wma-eps8"}
+    models, splits, images = {}, {}, {}
+    for name in MODELS:
+        models[name], _ = load_trained_model(project / "models" / "reid" / name / "model.pt")
+        ours = torch.load(tmp_path / f"{name}.pt", weights_only=True)["model"]
+        assert all(torch.equal(ours[k], v) for k, v in models[name].state_dict().items())  # the same training
+        splits[name] = {}
+        for split in ("query", "gallery"):
+            data = _split(project, split)
+            splits[name][split] = ReIDSplit(data, _features(models[name], _stack(data)),
+                                            torch.as_tensor(data.labels), torch.as_tensor(data.cameras))  # fmt: skip
+        for attack_name in ("pgd", "wma"):
+            config = AttackConfig(**ATTACKS[attack_name])
+            outcome = attack_split(models[name], config, splits[name], eps=EPS / 255, step=2 / 255, steps=3,
+                                   device=CPU, batch_size=16, seed=0)  # fmt: skip
+            cell = result.cells[name][f"{attack_name}-eps8"]
+            assert cell == pytest.approx({k: outcome.metrics[k] for k in ("rank1", "mAP", "ssim")}, abs=1e-6)
+            images[name, attack_name] = outcome.images
+    for crafted_on, scored_on in (("cnn", "osnet"), ("osnet", "cnn")):
+        query, gallery = splits[scored_on]["query"], splits[scored_on]["gallery"]
+        hit = evaluate_rank(_features(models[scored_on], images[crafted_on, "wma"].float() / 255), gallery.features,
+                            query.labels, gallery.labels, query.cameras, gallery.cameras)  # fmt: skip
+        scores = result.transfer[f"{crafted_on}->{scored_on}"]["wma-eps8"]
+        assert scores == pytest.approx({"rank1": hit.rank(1), "mAP": hit.mAP}, abs=1e-5)
+        clean = evaluate_rank(query.features, gallery.features, query.labels, gallery.labels, query.cameras,
+                              gallery.cameras)  # fmt: skip
+        assert result.cells[scored_on]["clean"] == pytest.approx({"rank1": clean.rank(1), "mAP": clean.mAP}, abs=1e-5)
+
+
+def test_attack_seed_stage_writes_its_seed_and_names_bad_params(in_project):
+    from advreid.stages import attack_seed
+
+    root = in_project
+    (root / "params.yaml").write_text(yaml.safe_dump(_replicate_params([3], ["pgd"], ["pgd"]), sort_keys=False))
+    try:
+        assert attack_seed.main(["3"]) == 0
+        out = json.loads((root / "reports" / "metrics" / "attack_seeds" / "seed3.json").read_text())
+        assert out["seed"] == 3 and out["queries"] == 36 and out["budget"] == "eps8"
+        assert set(out["cells"]["cnn"]) == {"clean", "pgd-eps8"} and set(out["cells"]["cnn"]["pgd-eps8"]) == {
+            "rank1", "mAP", "ssim"}  # fmt: skip
+        assert set(out["transfer"]) == {"cnn->osnet", "osnet->cnn"}
+        seeds_dir = root / "models" / "attack_seeds" / "seed3"
+        assert sorted(p.name for p in seeds_dir.parent.iterdir()) == ["seed3"]  # written whole, no temporary left
+        assert sorted(p.name for p in seeds_dir.iterdir()) == ["cnn.pt", "osnet.pt"]
+        ours, meta = load_trained_model(seeds_dir / "cnn.pt")
+        main, _ = load_trained_model(root / "models" / "reid" / "cnn" / "model.pt")
+        assert meta["seed"] == 3  # another training than the seed-0 one the fixture made
+        assert not all(
+            torch.equal(a, b) for a, b in zip(ours.state_dict().values(), main.state_dict().values(), strict=True)
+        )
+        with pytest.raises(ParamsError, match=r"attack.replicates.seeds: 4 is not one of \[3\]"):
+            attack_seed.main(["4"])
+        bad = [({"seeds": [0, 3]}, r"attack.replicates.seeds: 0 is reid.models.cnn.train.seed"),
+               ({"models": ["cnn", "nope"]}, r"attack.replicates.models: need Re-ID models, got \['nope'\] not in"),
+               ({"attacks": ["ama"]}, r"attack.replicates.attacks: 'ama' perturbs the gallery"),
+               ({"transfer": ["wma"]}, r"attack.replicates.transfer: \['wma'\] not in attack.replicates.attacks"),
+               ({"budget": "eps4"}, r"attack.replicates.budget: 'eps4' not in attack.budgets")]  # fmt: skip
+        for change, message in bad:
+            params = _replicate_params([3], ["pgd"], ["pgd"])
+            params["attack"]["replicates"].update(change)
+            (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+            with pytest.raises(ParamsError, match=message):
+                attack_seed.main(["3"])
+    finally:
+        (root / "params.yaml").write_text(yaml.safe_dump(_params(), sort_keys=False))

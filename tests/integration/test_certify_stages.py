@@ -201,3 +201,67 @@ def test_bad_method_and_params_are_reported(project) -> None:
     finally:
         (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))
     assert torch.load(root / "models" / "classifier" / "digits.pt", weights_only=True)["meta"]["num_classes"] == 10
+
+
+# --- certify_seed@<k>: chapter 6's claim cells over seeds -------------------------------------------------------------
+
+
+def test_a_replicate_at_the_main_seed_repeats_train_denoiser_and_certify(project, tmp_path) -> None:
+    """At the main stages' seed and sigma index 1 (training seed seed + 1), the replicate's defenses are
+    train_denoiser's weights and its certified accuracies certify's row."""
+    from advreid.certify.params import CertifyParams, DenoiserParams
+    from advreid.certify.replicates import replicate_plan, replicate_seed
+    from advreid.certify.targets import load_images
+    from advreid.models.classifiers import load_classifier
+
+    root, _ = project
+    training = DenoiserParams(**PARAMS["train_denoiser"]["settings"]).check("train_denoiser.settings")
+    cert = CertifyParams(**PARAMS["certify"]["settings"]).check("certify.settings")
+    replicates = {"seeds": [3], "methods": METHODS, "sigma": 0.5}
+    plan = replicate_plan(replicates, training, cert, tuple(METHODS), PARAMS["seed"])
+    assert plan.sigma_index == 1
+    processed = root / "data" / "processed" / "digits"
+    images, _ = load_images(processed, "train", root)
+    classifier = load_classifier(root / "models" / "classifier" / "digits.pt", torch.device("cpu"))
+    result = replicate_seed(
+        PARAMS["seed"], plan, classifier, images, load_images(processed, "test", root), 10, tmp_path
+    )
+    assert result.points == 6 and set(result.cells) == set(METHODS)
+    for method in METHODS:
+        ours = torch.load(tmp_path / f"{method}.pt", weights_only=True)["model"]
+        main = torch.load(root / "models" / "denoisers" / method / "sigma_0.5.pt", weights_only=True)["model"]
+        assert ours.keys() == main.keys() and all(torch.equal(ours[k], main[k]) for k in ours), method
+        row = json.loads((root / "reports" / "metrics" / "certify" / f"{method}.json").read_text())["sigma"]["0.5"]
+        assert result.cells[method] == pytest.approx(row), method
+
+
+def test_certify_seed_stage_writes_its_seed_and_names_bad_params(project) -> None:
+    from advreid.params import ParamsError
+    from advreid.stages import certify_seed
+
+    root, _ = project
+    params = {**PARAMS, "certify": {**PARAMS["certify"], "replicates": {"seeds": [3], "methods": ["zo_ae_ruds"]}}}
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    try:
+        assert certify_seed.main(["3"]) == 0
+        out = json.loads((root / "reports" / "metrics" / "certify_seeds" / "seed3.json").read_text())
+        assert out["seed"] == 3 and out["sigma"] == 0.25 and out["points"] == 6 and set(out["cells"]) == {"zo_ae_ruds"}
+        assert 0 <= out["cells"]["zo_ae_ruds"]["rca_0.25"] <= out["cells"]["zo_ae_ruds"]["sca"] <= 1
+        seeds_dir = root / "models" / "certify_seeds" / "seed3"
+        assert sorted(p.name for p in seeds_dir.parent.iterdir()) == ["seed3"]  # written whole, no temporary left
+        ours = torch.load(seeds_dir / "zo_ae_ruds.pt", weights_only=True)["model"]
+        main = torch.load(root / "models" / "denoisers" / "zo_ae_ruds" / "sigma_0.25.pt", weights_only=True)["model"]
+        assert not all(torch.equal(ours[k], main[k]) for k in ours)  # seed 3, not the main stages' 0
+        with pytest.raises(ParamsError, match=r"certify.replicates.seeds: 4 is not one of \[3\]"):
+            certify_seed.main(["4"])
+        bad = [({"seeds": [0, 3]}, r"certify.replicates.seeds: 0 is seed, the seed the main stages train"),
+               ({"methods": ["zo_ds"]}, r"certify.replicates.methods: need trained methods, got \['zo_ds'\] not in"),
+               ({"sigma": 0.3}, r"certify.replicates.sigma: 0.3 is not in train_denoiser.settings.sigmas")]  # fmt: skip
+        for change, message in bad:
+            replicates = {"seeds": [3], "methods": ["zo_ae_ruds"], **change}
+            changed = {**params, "certify": {**params["certify"], "replicates": replicates}}
+            (root / "params.yaml").write_text(yaml.safe_dump(changed))
+            with pytest.raises(ParamsError, match=message):
+                certify_seed.main(["3"])
+    finally:
+        (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))

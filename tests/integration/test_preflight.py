@@ -48,8 +48,8 @@ def test_real_params_pass_and_a_typo_names_the_key(tmp_path: Path) -> None:
     params["reid"]["models"]["small_cnn"]["train"]["learning_rte"] = 0.1  # the typo
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     errors = preflight.check_project(project)
-    # defense_seed@<k> retrains the defense's vanilla model (small_cnn) with these settings: it fails too
-    assert set(errors) == {"train_reid@small_cnn", "defense_seed@1", "defense_seed@2"}
+    # defense_seed@<k> and attack_seed@<k> retrain small_cnn with these settings: they fail too
+    assert set(errors) == {"train_reid@small_cnn", "defense_seed@1", "defense_seed@2", "attack_seed@1", "attack_seed@2"}
     for stage in errors:
         assert "reid.models.small_cnn.train" in errors[stage] and "learning_rte" in errors[stage]
 

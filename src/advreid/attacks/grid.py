@@ -106,6 +106,7 @@ class AttackParams:
     seed: int = 0  # random starts and targeted-attack identities
     sweep: dict = field(default_factory=dict)  # SweepSettings
     report: dict = field(default_factory=dict)  # read by attack_report
+    replicates: dict = field(default_factory=dict)  # attack_seed@<k>: advreid.attacks.replicates
 
     def check(self) -> AttackParams:
         if not self.budgets or not self.attacks:

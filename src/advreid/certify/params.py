@@ -1,6 +1,6 @@
-"""The params of chapter 6's stages: ``train_classifier`` (the black-box targets) and ``certify.settings``
-(certification and Table 6.3's reconstruction attack), checked before anything runs; torch-free so
-``advreid check`` stays fast."""
+"""The params of chapter 6's stages: ``train_classifier`` (the black-box targets), ``train_denoiser.settings`` (the
+defenses) and ``certify.settings`` (certification and Table 6.3's reconstruction attack), checked before anything
+runs; torch-free so ``advreid check`` stays fast."""
 
 from __future__ import annotations
 
@@ -91,4 +91,41 @@ class ClassifierParams:
         require(0 <= self.momentum < 1, f"{where}.momentum", "in [0, 1)", self.momentum)
         require(self.weight_decay >= 0, f"{where}.weight_decay", ">= 0", self.weight_decay)
         require(self.threads >= 0, f"{where}.threads", ">= 0 (0 = torch's default)", self.threads)
+        return self
+
+
+@dataclass(frozen=True)
+class DenoiserParams:
+    sigmas: tuple[float, ...]  # thesis: 0.25 (Tables 6.1-6.5), 0.5 and 1.0 (Tables 6.6-6.7)
+    epochs: int  # thesis: 600
+    batch_size: int  # thesis: 256
+    q: int = 192  # RGE directions per sample; also the AE latent size (CGE: 2 q queries per sample)
+    mu: float = 0.005
+    lambda_cs: float = 1.0
+    lambda_mmd: float = 4.0
+    lr: float = 1e-4
+    lr_step: int = 100  # thesis: lr / 10 every 100 epochs
+    weight_decay: float = 0.0
+    pretrain_epochs: int = 10  # autoencoder (AE variants) and denoiser (finetune strategy)
+    pretrain_lr: float = 1e-3
+    dncnn: dict = field(default_factory=dict)  # DnCNN kwargs (thesis: depth 17, width 64)
+    rdunet: dict = field(default_factory=dict)  # RDUNet kwargs (thesis: base_width 64)
+    ae_width: int = 32
+    validation_points: int = 200  # test images for the noisy accuracy of the training curves
+    reconstruction_sigma: float = 0.25
+    reconstruction_epochs: int = 10
+    device: str = "auto"
+    threads: int = 0  # torch CPU threads; 0 keeps torch's default
+
+    def check(self, where: str) -> DenoiserParams:
+        if not self.sigmas:
+            raise ParamsError(f"{where}.sigmas: needs at least one noise level")
+        for index, sigma in enumerate(self.sigmas):
+            require(sigma > 0, f"{where}.sigmas[{index}]", "> 0 (the Gaussian noise level)", sigma)
+        require_counts(self, where, ("epochs", "batch_size", "q", "lr_step", "ae_width", "validation_points"))
+        require_counts(self, where, ("pretrain_epochs", "reconstruction_epochs", "threads"), minimum=0)
+        for name in ("mu", "lr", "pretrain_lr", "reconstruction_sigma"):
+            require(getattr(self, name) > 0, f"{where}.{name}", "> 0", getattr(self, name))
+        for name in ("lambda_cs", "lambda_mmd", "weight_decay"):
+            require(getattr(self, name) >= 0, f"{where}.{name}", ">= 0", getattr(self, name))
         return self

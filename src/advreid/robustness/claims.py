@@ -179,7 +179,8 @@ def unit_paired_part(label: str, a: dict[str, Any], b: dict[str, Any], metric: s
 
 
 def claim_wma_vs_pgd(m: Matrix, budget: str = "eps8") -> list[Part]:
-    """Per model on the same queries when attack_units ran (paired bootstrap), else paired by model."""
+    """Per model over training seeds when attack_seed ran for it, else on the same queries when attack_units ran
+    (paired bootstrap), else paired by model."""
     maps, ssims, runs, per_model = {}, {}, [], []
     for model in m.models("attack"):
         wma, pgd = m.get("attack", model, "wma", budget), m.get("attack", model, "pgd", budget)
@@ -189,6 +190,13 @@ def claim_wma_vs_pgd(m: Matrix, budget: str = "eps8") -> list[Part]:
         if "ssim" in wma["metrics"] and "ssim" in pgd["metrics"]:
             ssims[model] = (wma["metrics"]["ssim"]["estimate"], pgd["metrics"]["ssim"]["estimate"])
         runs += _run_ids([wma, pgd])
+        seeded = m.get("attack_seeds", model, "wma", budget), m.get("attack_seeds", model, "pgd", budget)
+        if None not in seeded:
+            per_model += [
+                seed_part(f"{model}: mAP(PGD) - mAP(WMA) at {budget}", seeded[1], seeded[0], "mAP"),
+                seed_part(f"{model}: SSIM(WMA) - SSIM(PGD) at {budget}", seeded[0], seeded[1], "ssim"),
+            ]
+            continue
         per_model += [
             unit_paired_part(f"{model}: mAP(PGD) - mAP(WMA) at {budget}, paired by query", pgd, wma, "mAP"),
             unit_paired_part(f"{model}: SSIM(WMA) - SSIM(PGD) at {budget}, paired by image", wma, pgd, "ssim"),
@@ -202,15 +210,29 @@ def claim_wma_vs_pgd(m: Matrix, budget: str = "eps8") -> list[Part]:
 
 
 def claim_wma_transfers(m: Matrix, budget: str = "eps8") -> list[Part]:
+    """Per ordered model pair over training seeds when attack_seed ran for both, else over the scored queries."""
     parts = []
     for cell in sorted(m.cells.values(), key=lambda c: c["model"]):
         if cell["task"] == "transfer" and cell["attack"].startswith("wma from ") and cell["budget"] == budget:
-            source = cell["attack"].removeprefix("wma from ")
+            source, model = cell["attack"].removeprefix("wma from "), cell["model"]
+            label = f"clean rank-1 - rank-1 under WMA crafted on {source}, scored on {model}"
+            seeded = m.get("attack_seeds", model, "clean", "-"), m.get("attack_seeds", model, cell["attack"], budget)
+            if None not in seeded:
+                parts.append(seed_part(label, *seeded, "rank1"))
+                continue
             parts.append(two_interval_part(
-                f"clean rank-1 - rank-1 under WMA crafted on {source}, scored on {cell['model']}", m,
-                ("attack", cell["model"], "clean", "-"), ("transfer", cell["model"], cell["attack"], budget), "rank1",
+                label, m, ("attack", model, "clean", "-"), ("transfer", model, cell["attack"], budget), "rank1",
             ))  # fmt: skip
     return parts or [_undefined("WMA transfer", 0.0, {"missing": ["attack_report transfer cells"]})]
+
+
+def seed_part(label: str, cell_a: dict[str, Any], cell_b: dict[str, Any], metric: str, *, scale: float = 1.0,
+              at_least: float = 0.0) -> Part:  # fmt: skip
+    """``a - scale * b > at_least`` for two cells holding per-seed values (``config.seeds``), paired by training
+    seed: the t-interval over the seeds both have."""
+    pairs = _pairs_by_seed(cell_a, cell_b, metric, scale)
+    return paired_part(f"{label}, paired by training seed", pairs, _run_ids([cell_a, cell_b]), at_least=at_least,
+                       units="training seeds")  # fmt: skip
 
 
 def seed_paired_part(label: str, m: Matrix, a: str, b: str, attack: str, budget: str, metric: str = "rank1", *,
@@ -220,9 +242,7 @@ def seed_paired_part(label: str, m: Matrix, a: str, b: str, attack: str, budget:
     cell_a, cell_b = m.get("defense_seeds", a, attack, budget), m.get("defense_seeds", b, attack, budget)
     if cell_a is None or cell_b is None:
         return None
-    pairs = _pairs_by_seed(cell_a, cell_b, metric, scale)
-    return paired_part(f"{label}, paired by training seed", pairs, _run_ids([cell_a, cell_b]), at_least=at_least,
-                       units="training seeds")  # fmt: skip
+    return seed_part(label, cell_a, cell_b, metric, scale=scale, at_least=at_least)
 
 
 def _defense_part(label: str, m: Matrix, a: str, b: str, attack: str, budget: str, *, scale: float = 1.0,
@@ -269,16 +289,21 @@ def certify_part(label: str, m: Matrix, a: tuple, b: tuple) -> Part:
     return two_interval_part(label, m, a, b, "certified_accuracy")
 
 
+def _certify_claim(label: str, m: Matrix, a: str, b: str, sigma: str) -> list[Part]:
+    """Over seeds when certify_seed ran for both methods, else on the main stages' test points."""
+    cells = [m.get("certify_seeds", method, f"sigma_{sigma}", "radius_0") for method in (a, b)]
+    if None not in cells:
+        return [seed_part(label, *cells, "certified_accuracy")]
+    return [certify_part(label, m, ("certify", a, f"sigma_{sigma}", "radius_0"),
+                         ("certify", b, f"sigma_{sigma}", "radius_0"))]  # fmt: skip
+
+
 def claim_zo_ruds_beats_zo_ds(m: Matrix, sigma: str = "0.25") -> list[Part]:
-    a = ("certify", "zo_ruds", f"sigma_{sigma}", "radius_0")
-    b = ("certify", "zo_ds", f"sigma_{sigma}", "radius_0")
-    return [certify_part(f"SCA at sigma {sigma}: ZO-RUDS - ZO-DS", m, a, b)]
+    return _certify_claim(f"SCA at sigma {sigma}: ZO-RUDS - ZO-DS", m, "zo_ruds", "zo_ds", sigma)
 
 
 def claim_zo_ae_ruds_at_least_zo_ae_ds(m: Matrix, sigma: str = "0.25") -> list[Part]:
-    a = ("certify", "zo_ae_ruds", f"sigma_{sigma}", "radius_0")
-    b = ("certify", "zo_ae_ds", f"sigma_{sigma}", "radius_0")
-    return [certify_part(f"SCA at sigma {sigma}: ZO-AE-RUDS (C) - ZO-AE-DS (C)", m, a, b)]
+    return _certify_claim(f"SCA at sigma {sigma}: ZO-AE-RUDS (C) - ZO-AE-DS (C)", m, "zo_ae_ruds", "zo_ae_ds", sigma)
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,11 @@ interval can be recomputed at any level (the claims use Bonferroni levels):
 Tasks: ``attack`` (chapter 4, every Re-ID model x attack), ``transfer`` (adversarial images of one model scored on
 another, Table 4.5), ``defense`` (chapter 5, vanilla / PGD-AT / MP-SNN / ablations x adaptive attacks),
 ``defense_seeds`` (chapter 5's claim cells, vanilla and defenses retrained per seed: the main stages' seed and each
-``defense_seed@<seed>``), ``adaptation`` (chapter 3: direct transfer vs IPES-GAN on the target) and ``certify``
-(chapter 6, method x sigma x radius -> certified accuracy). The cell's source file and the stage that wrote it (from
-``dvc.lock``) give its lineage.
+``defense_seed@<seed>``), ``attack_seeds`` (chapter 4's: the Re-ID models retrained per seed, clean, PGD / WMA and
+WMA transferred, from the main stages and each ``attack_seed@<seed>``), ``adaptation`` (chapter 3: direct transfer vs
+IPES-GAN on the target), ``certify`` (chapter 6, method x sigma x radius -> certified accuracy) and
+``certify_seeds`` (chapter 6's claim cells per seed: the main stages and each ``certify_seed@<seed>``). The cell's
+source file and the stage that wrote it (from ``dvc.lock``) give its lineage.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Any
 
 from advreid import stats
 
-TASKS = ("attack", "transfer", "defense", "defense_seeds", "adaptation", "certify")
+TASKS = ("attack", "transfer", "defense", "defense_seeds", "attack_seeds", "adaptation", "certify", "certify_seeds")
 CLEAN = "clean"
 
 
@@ -251,6 +253,80 @@ def defense_seed_cells(
             yield Cell("defense_seeds", model, attack, budget, numbers, source, config)
 
 
+def attack_seed_cells(
+    main: dict[str, dict[str, Any]], transfer: dict[str, dict[str, Any]], replicates: list[dict[str, Any]], source: str
+) -> Iterator[Cell]:
+    """Chapter 4 over training seeds: for each model and cell of the ``attack_seed`` outputs (``replicates``: the
+    parsed ``reports/metrics/attack_seeds/seed<k>.json``, each naming the main stages' seed per model in
+    ``main_seeds``), the per-seed values, the main stages' first (``main``: model -> ``reports/metrics/attack/
+    <model>.json``; ``transfer``: ``attack_report.json``'s ``transfer``). Transferred cells are ``<attack> from
+    <model>`` on the model scored. A cell that the main stages or any replicate lack is left out."""
+    if not replicates:
+        return
+    ordered = sorted(replicates, key=lambda r: int(r["seed"]))
+    first = ordered[0]
+
+    def main_block(model: str, name: str, crafted_on: str | None) -> dict[str, Any] | None:
+        if crafted_on is not None:
+            return transfer.get(f"{crafted_on}->{model}", {}).get(name)
+        if model not in main:
+            return None
+        return main[model]["clean"] if name == CLEAN else main[model]["cells"].get(name)
+
+    rows = [(model, name, None) for model in sorted(first["cells"]) for name in sorted(first["cells"][model])]
+    for pair in sorted(first.get("transfer", {})):
+        crafted_on, _, scored_on = pair.partition("->")
+        rows += [(scored_on, name, crafted_on) for name in sorted(first["transfer"][pair])]
+    for model, name, crafted_on in rows:
+        if crafted_on is None:
+            blocks = [main_block(model, name, None)] + [r["cells"].get(model, {}).get(name) for r in ordered]
+        else:
+            pair = f"{crafted_on}->{model}"
+            blocks = [main_block(model, name, crafted_on)] + [r.get("transfer", {}).get(pair, {}).get(name)
+                                                              for r in ordered]  # fmt: skip
+        if any(b is None for b in blocks):
+            continue
+        attack, budget = _split_cell_name(name)
+        if crafted_on is not None:
+            attack = f"{attack} from {crafted_on}"
+        metrics = [k for k in ("rank1", "mAP", "ssim") if all(k in b for b in blocks)]
+        numbers = {k: seeds(b[k] for b in blocks) for k in metrics}
+        config = {"seeds": [int(first["main_seeds"][model])] + [int(r["seed"]) for r in ordered]}
+        if crafted_on is not None:
+            config["crafted_on"] = crafted_on
+        yield Cell("attack_seeds", model, attack, budget, numbers, source, config)
+
+
+def certify_seed_cells(
+    main: dict[str, dict[str, Any]], main_seed: int, replicates: list[dict[str, Any]], source: str
+) -> Iterator[Cell]:
+    """Chapter 6 over seeds: for each method of the ``certify_seed`` outputs (``replicates``: the parsed
+    ``reports/metrics/certify_seeds/seed<k>.json``, one sigma each) the per-seed certified accuracy at each radius,
+    the main stages' (``main``: method -> ``reports/metrics/certify/<method>.json``, run with ``main_seed``) first."""
+    if not replicates:
+        return
+    ordered = sorted(replicates, key=lambda r: int(r["seed"]))
+    sigma = f"{float(ordered[0]['sigma']):g}"
+    if any(f"{float(r['sigma']):g}" != sigma for r in ordered):
+        raise ValueError(f"{source}: the certify_seed outputs certify different sigmas; rerun them")
+    for method in sorted(ordered[0]["cells"]):
+        block = main.get(method, {}).get("sigma", {}).get(sigma)
+        blocks = [block] + [r["cells"].get(method) for r in ordered]
+        if any(b is None for b in blocks):
+            continue
+        radii = [k for k in blocks[0] if k == "sca" or k.startswith("rca_")]
+        for key in sorted(radii, key=lambda k: 0.0 if k == "sca" else float(k.removeprefix("rca_"))):
+            if not all(key in b for b in blocks):
+                continue
+            radius = "0" if key == "sca" else key.removeprefix("rca_")
+            config = {
+                "seeds": [int(main_seed)] + [int(r["seed"]) for r in ordered],
+                "points": int(ordered[0]["points"]),
+            }
+            yield Cell("certify_seeds", method, f"sigma_{sigma}", f"radius_{radius}",
+                       {"certified_accuracy": seeds(b[key] for b in blocks)}, source, config)  # fmt: skip
+
+
 def adaptation_cells(report: dict[str, Any], teacher: str, source: str) -> Iterator[Cell]:
     """Chapter 3: ``ipes_gan.json``: the teacher applied directly to the target, and every trained IPES-GAN run
     (the main model and any ablation of ``gan.demo_runs``: each a block with ``per_seed``) over its seeds."""
@@ -300,20 +376,31 @@ def certify_cells(method: str, metrics: dict[str, Any], source: str, points_dir:
                        {"certified_accuracy": spread}, source, {"points": points})  # fmt: skip
 
 
-def collect(root: Path, *, teacher: str, main_seed: int = 0) -> tuple[list[Cell], list[dict[str, str]]]:
+def collect(
+    root: Path, *, teacher: str, main_seed: int = 0, certify_main_seed: int = 0
+) -> tuple[list[Cell], list[dict[str, str]]]:
     """Every cell the stage outputs under ``root/reports/metrics`` hold, and the cells no stage has produced yet
-    (each model x the attacks of its task it was not run on; the IPES-GAN model is not attacked by any stage)."""
+    (each model x the attacks of its task it was not run on; the IPES-GAN model is not attacked by any stage).
+    ``main_seed``: the training seed of the main chapter-5 stages; ``certify_main_seed``: chapter 6's ``seed``."""
     metrics_dir = root / "reports" / "metrics"
     cells: list[Cell] = []
     queries: dict[str, int] = {}
+    attacked = {}
     for path in sorted((metrics_dir / "attack").glob("*.json")):
         units_path = root / "reports" / "matrix" / "units" / path.name
         units = _read(units_path) if units_path.is_file() else None
-        found = list(attack_cells(path.stem, _read(path), _rel(path, root), units))
+        attacked[path.stem] = _read(path)
+        found = list(attack_cells(path.stem, attacked[path.stem], _rel(path, root), units))
         queries[path.stem] = found[0].metrics["rank1"].trials
         cells += found
+    transfer = {}
     if (path := metrics_dir / "attack_report.json").is_file():
-        cells += transfer_cells(_read(path), queries, _rel(path, root))
+        report = _read(path)
+        transfer = report.get("transfer", {})
+        cells += transfer_cells(report, queries, _rel(path, root))
+    if replicate_paths := sorted((metrics_dir / "attack_seeds").glob("seed*.json")):
+        replicates = [_read(p) for p in replicate_paths]
+        cells += attack_seed_cells(attacked, transfer, replicates, _rel(replicate_paths[0], root))
     main = {}
     for path in sorted((metrics_dir / "defense").glob("*.json")):
         if not path.stem.startswith("train_"):
@@ -325,8 +412,15 @@ def collect(root: Path, *, teacher: str, main_seed: int = 0) -> tuple[list[Cell]
         cells += defense_seed_cells(main, main_seed, replicates, _rel(replicate_paths[0], root))
     if (path := metrics_dir / "ipes_gan.json").is_file():
         cells += adaptation_cells(_read(path), teacher, _rel(path, root))
+    certified = {}
     for path in sorted((metrics_dir / "certify").glob("*.json")):
-        cells += certify_cells(path.stem, _read(path), _rel(path, root), root / "reports" / "certify" / "points")
+        certified[path.stem] = _read(path)
+        cells += certify_cells(
+            path.stem, certified[path.stem], _rel(path, root), root / "reports" / "certify" / "points"
+        )
+    if replicate_paths := sorted((metrics_dir / "certify_seeds").glob("seed*.json")):
+        replicates = [_read(p) for p in replicate_paths]
+        cells += certify_seed_cells(certified, certify_main_seed, replicates, _rel(replicate_paths[0], root))
     return cells, missing_cells(cells)
 
 

@@ -38,9 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     from advreid.tracking.mlflow_run import stage_run
 
     # the seed of the main chapter-5 stages, the first of the defense_seeds cells (defense_seed@<k> adds the others)
-    defense = load_params(path=root / "params.yaml").get("defense") or {}
-    main_seed = int((defense.get("train") or {}).get("seed", 0))
-    cells, missing = collect(root, teacher=params.teacher, main_seed=main_seed)
+    everything = load_params(path=root / "params.yaml")
+    main_seed = int(((everything.get("defense") or {}).get("train") or {}).get("seed", 0))
+    certify_main_seed = int(everything.get("seed", 0))  # chapter 6's main stages' (certify_seed@<k> adds the others)
+    cells, missing = collect(root, teacher=params.teacher, main_seed=main_seed, certify_main_seed=certify_main_seed)
     lock = lineage.read_lock(root)
     cache_path = root / "reports" / "matrix" / "cells.json"
     with stage_run(STAGE, {"teacher": params.teacher, "heatmaps": list(params.heatmaps)}) as run:

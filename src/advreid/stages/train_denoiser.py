@@ -13,48 +13,12 @@ is checkpointed in ``models/denoiser_checkpoints/<method>/`` (a DVC ``persist`` 
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, fields
 
+from advreid.certify.params import DenoiserParams
 from advreid.io import atomic_path, write_json, write_text
-from advreid.params import ParamsError, build, load_params, require, require_counts
+from advreid.params import build, load_params
 from advreid.settings import apply_environment
-
-
-@dataclass(frozen=True)
-class DenoiserParams:
-    sigmas: tuple[float, ...]  # thesis: 0.25 (Tables 6.1-6.5), 0.5 and 1.0 (Tables 6.6-6.7)
-    epochs: int  # thesis: 600
-    batch_size: int  # thesis: 256
-    q: int = 192  # RGE directions per sample; also the AE latent size (CGE: 2 q queries per sample)
-    mu: float = 0.005
-    lambda_cs: float = 1.0
-    lambda_mmd: float = 4.0
-    lr: float = 1e-4
-    lr_step: int = 100  # thesis: lr / 10 every 100 epochs
-    weight_decay: float = 0.0
-    pretrain_epochs: int = 10  # autoencoder (AE variants) and denoiser (finetune strategy)
-    pretrain_lr: float = 1e-3
-    dncnn: dict = field(default_factory=dict)  # DnCNN kwargs (thesis: depth 17, width 64)
-    rdunet: dict = field(default_factory=dict)  # RDUNet kwargs (thesis: base_width 64)
-    ae_width: int = 32
-    validation_points: int = 200  # test images for the noisy accuracy of the training curves
-    reconstruction_sigma: float = 0.25
-    reconstruction_epochs: int = 10
-    device: str = "auto"
-    threads: int = 0  # torch CPU threads; 0 keeps torch's default
-
-    def check(self, where: str) -> DenoiserParams:
-        if not self.sigmas:
-            raise ParamsError(f"{where}.sigmas: needs at least one noise level")
-        for index, sigma in enumerate(self.sigmas):
-            require(sigma > 0, f"{where}.sigmas[{index}]", "> 0 (the Gaussian noise level)", sigma)
-        require_counts(self, where, ("epochs", "batch_size", "q", "lr_step", "ae_width", "validation_points"))
-        require_counts(self, where, ("pretrain_epochs", "reconstruction_epochs", "threads"), minimum=0)
-        for name in ("mu", "lr", "pretrain_lr", "reconstruction_sigma"):
-            require(getattr(self, name) > 0, f"{where}.{name}", "> 0", getattr(self, name))
-        for name in ("lambda_cs", "lambda_mmd", "weight_decay"):
-            require(getattr(self, name) >= 0, f"{where}.{name}", ">= 0", getattr(self, name))
-        return self
 
 
 def main(argv: list[str] | None = None) -> int:
