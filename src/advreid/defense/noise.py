@@ -17,10 +17,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torchvision.models.resnet import Bottleneck
 
 from advreid.models.osnet import ConvLayer, OSBlock
-from advreid.models.reid import ReIDModel, ResNetBackbone, SmallCNN
+from advreid.models.reid import ReIDModel, SmallCNN, is_resnet_backbone
 
 NOISE_DRAWS = ("per_sample", "per_batch")
 ISO_SHAPES = ("chw", "channel")
@@ -119,7 +118,9 @@ def noise_sites(backbone: nn.Module) -> list[nn.Module]:
     ReLU" has no module boundary; after it is the nearest point). OSNet: the stem conv and every OSBlock."""
     if isinstance(backbone, SmallCNN):
         return [m for m in backbone.features if isinstance(m, nn.BatchNorm2d)]
-    if isinstance(backbone, ResNetBackbone):
+    if is_resnet_backbone(backbone):
+        from torchvision.models.resnet import Bottleneck
+
         return [backbone.bn1, *(m for m in backbone.modules() if isinstance(m, Bottleneck))]
     stem = [m for m in backbone.modules() if isinstance(m, ConvLayer)][:1]
     blocks = [m for m in backbone.modules() if isinstance(m, OSBlock)]

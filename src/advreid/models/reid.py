@@ -9,6 +9,7 @@ and for retrieval at test time) and classifies f_i with a bias-free linear layer
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,6 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
-from torchvision.models.resnet import Bottleneck, ResNet
 
 from advreid.io import load_torch
 from advreid.models.osnet import OSNetBackbone
@@ -118,34 +118,55 @@ class IBN(nn.Module):
         return torch.cat((self.IN(first.contiguous()), self.BN(second.contiguous())), dim=1)
 
 
-class ResNetBackbone(ResNet):
-    """torchvision's ResNet-50 without pooling and ``fc``: (B, 3, H, W) -> (B, 2048, H/s, W/s), s = 16 or 32.
+@functools.cache
+def resnet_backbone_class() -> type[nn.Module]:
+    """:class:`ResNetBackbone`, defined on first use: importing torchvision (and the ``torch._dynamo`` it pulls in)
+    costs ~1.2 s per process, which every stage that only builds a small_cnn or an OSNet would pay (measured: 27
+    demo stages). ``advreid.models.reid.ResNetBackbone`` resolves to it (module ``__getattr__``)."""
+    from torchvision.models.resnet import Bottleneck, ResNet
 
-    Args:
-        last_stride: stride of layer4 (1 doubles the final map's resolution, the usual Re-ID choice).
-        ibn: replace ``bn1`` of every Bottleneck in layer1-3 by :class:`IBN` (IBN-ResNet-50-a).
-    """
+    class ResNetBackbone(ResNet):
+        """torchvision's ResNet-50 without pooling and ``fc``: (B, 3, H, W) -> (B, 2048, H/s, W/s), s = 16 or 32.
 
-    out_channels = 2048
+        Args:
+            last_stride: stride of layer4 (1 doubles the final map's resolution, the usual Re-ID choice).
+            ibn: replace ``bn1`` of every Bottleneck in layer1-3 by :class:`IBN` (IBN-ResNet-50-a).
+        """
 
-    def __init__(self, last_stride: int = 1, ibn: bool = False):
-        super().__init__(Bottleneck, [3, 4, 6, 3])
-        if last_stride not in (1, 2):
-            raise ValueError(f"last_stride must be 1 or 2, got {last_stride}")
-        del self.fc, self.avgpool
-        first = self.layer4[0]
-        # torchvision puts the stride on conv2 and on the shortcut (ResNet v1.5)
-        first.conv2.stride = (last_stride, last_stride)
-        first.downsample[0].stride = (last_stride, last_stride)
-        if ibn:
-            for layer in (self.layer1, self.layer2, self.layer3):
-                for block in layer:
-                    block.bn1 = IBN(block.bn1.num_features)
+        out_channels = 2048
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, 64, H/4, W/4)
-        x = self.layer2(self.layer1(x))  # (B, 512, H/8, W/8)
-        return self.layer4(self.layer3(x))  # (B, 2048, H/16, W/16) with last_stride 1
+        def __init__(self, last_stride: int = 1, ibn: bool = False):
+            super().__init__(Bottleneck, [3, 4, 6, 3])
+            if last_stride not in (1, 2):
+                raise ValueError(f"last_stride must be 1 or 2, got {last_stride}")
+            del self.fc, self.avgpool
+            first = self.layer4[0]
+            # torchvision puts the stride on conv2 and on the shortcut (ResNet v1.5)
+            first.conv2.stride = (last_stride, last_stride)
+            first.downsample[0].stride = (last_stride, last_stride)
+            if ibn:
+                for layer in (self.layer1, self.layer2, self.layer3):
+                    for block in layer:
+                        block.bn1 = IBN(block.bn1.num_features)
+
+        def forward(self, x: Tensor) -> Tensor:
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (B, 64, H/4, W/4)
+            x = self.layer2(self.layer1(x))  # (B, 512, H/8, W/8)
+            return self.layer4(self.layer3(x))  # (B, 2048, H/16, W/16) with last_stride 1
+
+    ResNetBackbone.__module__, ResNetBackbone.__qualname__ = __name__, "ResNetBackbone"  # picklable by name
+    return ResNetBackbone
+
+
+def is_resnet_backbone(module: nn.Module) -> bool:
+    """Whether ``module`` is a :class:`ResNetBackbone` (without importing torchvision when none was ever built)."""
+    return resnet_backbone_class.cache_info().currsize > 0 and isinstance(module, resnet_backbone_class())
+
+
+def __getattr__(name: str) -> object:  # PEP 562: ResNetBackbone without importing torchvision up front
+    if name == "ResNetBackbone":
+        return resnet_backbone_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class SmallCNN(nn.Module):
@@ -173,11 +194,11 @@ class SmallCNN(nn.Module):
 
 
 def _resnet50(**kw: object) -> nn.Module:
-    return ResNetBackbone(ibn=False, **kw)
+    return resnet_backbone_class()(ibn=False, **kw)
 
 
 def _ibn_resnet50(**kw: object) -> nn.Module:
-    return ResNetBackbone(ibn=True, **kw)
+    return resnet_backbone_class()(ibn=True, **kw)
 
 
 def _osnet_x1_0() -> nn.Module:
