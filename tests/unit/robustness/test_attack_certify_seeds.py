@@ -9,9 +9,9 @@ import math
 from pathlib import Path
 
 import pytest
-from scipy import stats as scipy_stats
 
 from advreid.robustness import claims, matrix
+from tests.unit.robustness.seeded import as_matrix, t_interval
 
 # per seed (0 = the main stages, 1 and 2 = the replicates): model -> cell -> (mAP, SSIM) / rank-1
 MAP = {"cnn": {"pgd-eps8": (0.20, 0.25, 0.30), "wma-eps8": (0.50, 0.60, 0.55)},
@@ -64,18 +64,6 @@ def cells(tmp_path: Path) -> list[matrix.Cell]:
     return matrix.collect(_write(tmp_path), teacher="cnn", main_seed=0, certify_main_seed=0)[0]
 
 
-def _matrix(cells: list[matrix.Cell]) -> claims.Matrix:
-    return claims.Matrix({"cells": {c.key: c.as_dict() for c in cells}})
-
-
-def _t_interval(differences: list[float]) -> tuple[float, float, float]:
-    n = len(differences)
-    mean = sum(differences) / n
-    sd = math.sqrt(sum((d - mean) ** 2 for d in differences) / (n - 1))
-    half = scipy_stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
-    return mean, mean - half, mean + half
-
-
 def test_seed_cells_hold_the_main_seed_first_then_each_replicate(cells):
     seeded = {c.key: c for c in cells if c.task == "attack_seeds"}
     expected = {f"attack_seeds/{m}/{a}" for m in MAP for a in ("clean/-", "pgd/eps8", "wma/eps8")}
@@ -97,7 +85,7 @@ def test_seed_cells_hold_the_main_seed_first_then_each_replicate(cells):
 
 
 def test_chapter4_claims_pair_by_training_seed(cells):
-    m = _matrix(cells)
+    m = as_matrix(cells)
     parts = claims.claim_wma_vs_pgd(m)
     assert [p.label for p in parts] == [
         "cnn: mAP(PGD) - mAP(WMA) at eps8, paired by training seed",
@@ -106,32 +94,32 @@ def test_chapter4_claims_pair_by_training_seed(cells):
         "osnet: SSIM(WMA) - SSIM(PGD) at eps8, paired by training seed",
     ]
     pgd, wma = MAP["osnet"]["pgd-eps8"], MAP["osnet"]["wma-eps8"]
-    mean, low, high = _t_interval([a - b for a, b in zip(pgd, wma, strict=True)])
+    mean, low, high = t_interval([a - b for a, b in zip(pgd, wma, strict=True)])
     assert (parts[2].difference.estimate, parts[2].difference.low, parts[2].difference.high) == pytest.approx(
         (mean, low, high))  # fmt: skip
     assert parts[2].verdict == "not reproduced" and parts[2].difference.n == 3  # PGD lowers mAP far more
-    mean, low, high = _t_interval([a - b for a, b in zip(SSIM["wma-eps8"], SSIM["pgd-eps8"], strict=True)])
+    mean, low, high = t_interval([a - b for a, b in zip(SSIM["wma-eps8"], SSIM["pgd-eps8"], strict=True)])
     assert (parts[1].difference.low, parts[1].difference.high) == pytest.approx((low, high))
     assert parts[1].verdict == "reproduced"
     moved = {p.label: p for p in claims.claim_wma_transfers(m)}
     part = moved["clean rank-1 - rank-1 under WMA crafted on cnn, scored on osnet, paired by training seed"]
-    mean, low, high = _t_interval([a - b for a, b in zip(CLEAN["osnet"], TRANSFER["cnn->osnet"], strict=True)])
+    mean, low, high = t_interval([a - b for a, b in zip(CLEAN["osnet"], TRANSFER["cnn->osnet"], strict=True)])
     assert (part.difference.estimate, part.difference.low, part.difference.high) == pytest.approx((mean, low, high))
     assert part.numbers["units"] == "training seeds" and len(moved) == 2
 
 
 def test_chapter6_claims_pair_by_seed(cells):
-    (part,) = claims.claim_zo_ruds_beats_zo_ds(_matrix(cells))
-    mean, low, high = _t_interval([a - b for a, b in zip(SCA["zo_ruds"], SCA["zo_ds"], strict=True)])
+    (part,) = claims.claim_zo_ruds_beats_zo_ds(as_matrix(cells))
+    mean, low, high = t_interval([a - b for a, b in zip(SCA["zo_ruds"], SCA["zo_ds"], strict=True)])
     assert "paired by training seed" in part.label
     assert (part.difference.estimate, part.difference.low, part.difference.high) == pytest.approx((mean, low, high))
     assert part.verdict == "inconclusive"
-    (missing,) = claims.claim_zo_ae_ruds_at_least_zo_ae_ds(_matrix(cells))  # no zo_ae_ruds cells at all
+    (missing,) = claims.claim_zo_ae_ruds_at_least_zo_ae_ds(as_matrix(cells))  # no zo_ae_ruds cells at all
     assert missing.verdict == "inconclusive" and math.isnan(missing.difference.low)
 
 
 def test_without_replicates_the_claims_fall_back_to_one_run(cells):
-    m = _matrix([c for c in cells if c.task not in ("attack_seeds", "certify_seeds")])
+    m = as_matrix([c for c in cells if c.task not in ("attack_seeds", "certify_seeds")])
     parts = claims.claim_wma_vs_pgd(m)
     assert [p.numbers["units"] for p in parts] == ["models", "models"]  # no per-query units here: paired by model
     (part,) = claims.claim_zo_ruds_beats_zo_ds(m)

@@ -8,9 +8,9 @@ import math
 from pathlib import Path
 
 import pytest
-from scipy import stats as scipy_stats
 
 from advreid.robustness import claims, matrix
+from tests.unit.robustness.seeded import as_matrix, t_interval
 
 
 def _cell(rank1: float, draws: int = 5) -> dict:
@@ -57,28 +57,16 @@ def test_seed_cells_hold_the_main_seed_first_then_each_replicate(cells):
     assert seeded["defense_seeds/vanilla/clean/-"].config["draws"] == 1
 
 
-def _matrix(cells: list[matrix.Cell]) -> claims.Matrix:
-    return claims.Matrix({"cells": {c.key: c.as_dict() for c in cells}})
-
-
-def _t_interval(differences: list[float]) -> tuple[float, float, float]:
-    n = len(differences)
-    mean = sum(differences) / n
-    sd = math.sqrt(sum((d - mean) ** 2 for d in differences) / (n - 1))
-    half = scipy_stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
-    return mean, mean - half, mean + half
-
-
 def test_chapter5_claims_pair_by_training_seed(cells):
-    m = _matrix(cells)
+    m = as_matrix(cells)
     (part,) = claims.claim_mp_snn_triples_robust_rank1(m)
     mp, van = RANK1["mp_snn"]["pgd-eps8"], RANK1["vanilla"]["pgd-eps8"]
-    mean, low, high = _t_interval([a - 3 * b for a, b in zip(mp, van, strict=True)])
+    mean, low, high = t_interval([a - 3 * b for a, b in zip(mp, van, strict=True)])
     assert "paired by training seed" in part.label and part.numbers["units"] == "training seeds"
     assert (part.difference.estimate, part.difference.low, part.difference.high) == pytest.approx((mean, low, high))
     assert part.difference.n == 3
     (meta,) = claims.claim_meta_learning_helps(m)
-    mean, low, high = _t_interval([a - b for a, b in zip(mp, RANK1["l_tot"]["pgd-eps8"], strict=True)])
+    mean, low, high = t_interval([a - b for a, b in zip(mp, RANK1["l_tot"]["pgd-eps8"], strict=True)])
     assert (meta.difference.low, meta.difference.high) == pytest.approx((low, high))
     (clean,) = claims.claim_mp_snn_clean_drop(m)
     drops = [a - b for a, b in zip(RANK1["mp_snn"]["clean"], RANK1["vanilla"]["clean"], strict=True)]
@@ -87,7 +75,7 @@ def test_chapter5_claims_pair_by_training_seed(cells):
 
 
 def test_without_replicates_the_claims_fall_back_to_one_seed_over_draws(cells):
-    m = _matrix([c for c in cells if c.task != "defense_seeds"])
+    m = as_matrix([c for c in cells if c.task != "defense_seeds"])
     (part,) = claims.claim_fca_helps(m)  # no mp_snn_no_fca cells at all: undefined, inconclusive
     assert part.verdict == "inconclusive" and math.isnan(part.difference.low)
     (part,) = claims.claim_meta_learning_helps(m)
