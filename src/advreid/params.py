@@ -6,6 +6,7 @@ import dataclasses
 import os
 import types
 import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -105,6 +106,18 @@ def require(ok: bool, key: str, condition: str, value: Any) -> None:
     """Raise ParamsError ``<key>: must be <condition>, got <value>`` unless ``ok`` (one condition per message)."""
     if not ok:
         raise ParamsError(f"{key}: must be {condition}, got {value!r}")
+
+
+def require_replicate_seeds(seeds: tuple[int, ...], where: str, main_seeds: Mapping[str, int]) -> None:
+    """Seeds of a ``*_seed@<k>`` replicate stage: distinct non-negative integers, none a main stage's seed
+    (``main_seeds``: the param key that holds it -> the seed)."""
+    if any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds):
+        raise ParamsError(f"{where}.seeds: must be non-negative integers, got {list(seeds)}")
+    if len(set(seeds)) != len(seeds):
+        raise ParamsError(f"{where}.seeds: must be distinct, got {list(seeds)}")
+    for key, seed in main_seeds.items():
+        if seed in seeds:
+            raise ParamsError(f"{where}.seeds: {seed} is {key}, the seed the main stages train; use other seeds")
 
 
 def require_counts(settings: Any, where: str, names: tuple[str, ...], minimum: int = 1) -> None:

@@ -22,7 +22,7 @@ import torch
 from advreid.attacks.evaluation import attack_split, rank_scores
 from advreid.attacks.grid import AttackParams, clean_result, load_source
 from advreid.attacks.report import features_of, score_with
-from advreid.params import ParamsError, build
+from advreid.params import ParamsError, build, require_replicate_seeds
 from advreid.progress import progress
 from advreid.reid.checkpoint import ReIDParams, model_entry
 from advreid.reid.engine import save_checkpoint
@@ -45,19 +45,13 @@ class AttackReplicateSettings:
     def check(self, where: str, reid: ReIDParams, params: AttackParams) -> AttackReplicateSettings:
         """Raise ParamsError naming the key: seeds distinct non-negative integers that no replicated model's main
         training uses, models of ``reid.models``, attacks and budget of the ``attack`` grid, transfer among attacks."""
-        if any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in self.seeds):
-            raise ParamsError(f"{where}.seeds: must be non-negative integers, got {list(self.seeds)}")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ParamsError(f"{where}.seeds: must be distinct, got {list(self.seeds)}")
         unknown = sorted(set(self.models) - set(reid.models))
         if unknown or not self.models:
             got = f"{unknown} not in reid.models {sorted(reid.models)}" if unknown else "an empty list"
             raise ParamsError(f"{where}.models: need Re-ID models, got {got}")
-        for name in self.models:
-            main = model_entry(reid.models, name).get("train", {}).get("seed", 0)
-            if main in self.seeds:
-                raise ParamsError(f"{where}.seeds: {main} is reid.models.{name}.train.seed, the seed the main "
-                                  "stages train; use other seeds")  # fmt: skip
+        main_seeds = {f"reid.models.{m}.train.seed": model_entry(reid.models, m).get("train", {}).get("seed", 0)
+                      for m in self.models}  # fmt: skip
+        require_replicate_seeds(self.seeds, where, main_seeds)
         unknown = sorted(set(self.attacks) - set(params.attacks))
         if unknown or not self.attacks:
             got = f"{unknown} not in attack.attacks {sorted(params.attacks)}" if unknown else "an empty list"

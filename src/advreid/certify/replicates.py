@@ -22,7 +22,7 @@ from advreid.certify.certification import CertifySettings, certify_method, evenl
 from advreid.certify.defenses import DefenseSettings, load_defense, train_one
 from advreid.certify.params import CertifyParams, DenoiserParams
 from advreid.certify.training import CLASSIFICATION, DefenseMethod, black_box_scores, get_method
-from advreid.params import ParamsError, build
+from advreid.params import ParamsError, build, require_replicate_seeds
 from advreid.progress import progress
 
 
@@ -38,12 +38,7 @@ class CertifyReplicateSettings:
               certify_sigmas: tuple[float, ...], main_seed: int) -> CertifyReplicateSettings:  # fmt: skip
         """Raise ParamsError naming the key: seeds distinct non-negative integers other than the main stages'
         ``seed``, methods trained ones (``train_denoiser.methods``), sigma one the main stages train and certify."""
-        if any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in self.seeds):
-            raise ParamsError(f"{where}.seeds: must be non-negative integers, got {list(self.seeds)}")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ParamsError(f"{where}.seeds: must be distinct, got {list(self.seeds)}")
-        if main_seed in self.seeds:
-            raise ParamsError(f"{where}.seeds: {main_seed} is seed, the seed the main stages train; use other seeds")
+        require_replicate_seeds(self.seeds, where, {"seed": main_seed})
         unknown = sorted(set(self.methods) - set(methods))
         if unknown or not self.methods:
             got = f"{unknown} not in train_denoiser.methods {list(methods)}" if unknown else "an empty list"

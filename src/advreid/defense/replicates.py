@@ -20,7 +20,7 @@ import torch
 from advreid.defense.evaluation import EvalProtocol, attack_cells, evenly_spaced, load_split_tensors
 from advreid.defense.noise import NoiseConfig, build_stochastic_model
 from advreid.defense.training import DefenseParams, DefenseSettings, save_defended_model, train_defense
-from advreid.params import ParamsError, build
+from advreid.params import ParamsError, build, require_replicate_seeds
 from advreid.reid.checkpoint import ReIDParams, model_entry
 from advreid.reid.engine import save_checkpoint
 from advreid.reid.training import TrainSettings, train_reid
@@ -42,13 +42,7 @@ class ReplicateSettings:
     ) -> ReplicateSettings:
         """Raise ParamsError naming the key: the seeds must be distinct non-negative integers other than the main
         stages' (``main_seeds``: key -> seed), the defenses trained ones, the attacks and budget the protocol's."""
-        if any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in self.seeds):
-            raise ParamsError(f"{where}.seeds: must be non-negative integers, got {list(self.seeds)}")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ParamsError(f"{where}.seeds: must be distinct, got {list(self.seeds)}")
-        for key, seed in main_seeds.items():
-            if seed in self.seeds:
-                raise ParamsError(f"{where}.seeds: {seed} is {key}, the seed the main stages train; use other seeds")
+        require_replicate_seeds(self.seeds, where, main_seeds)
         unknown = sorted(set(self.defenses) - set(defenses))
         if unknown or not self.defenses:
             got = f"{unknown} not in defense.defenses {list(defenses)}" if unknown else "an empty list"
